@@ -1,0 +1,90 @@
+"""The engine interface: where events are stored, read back and announced.
+
+An engine knows nothing of HTTP. Two implementations share these semantics: ``memory`` (one process, zero
+setup) and ``redis`` (many processes over one Redis). Envelopes cross this interface as JSON bytes that
+already carry their ``id``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import EventDraft, EventId
+
+
+class SessionTerminal(Exception):
+    """The session already ended; it accepts no more events."""
+
+    def __init__(self, session_id: str, terminal_envelope: bytes | None) -> None:
+        super().__init__(f"session {session_id} has already ended")
+        self.terminal_envelope = terminal_envelope
+
+
+class EngineUnavailable(Exception):
+    """The engine's backing store does not answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    envelope: bytes  # the stored envelope, with id
+    duplicate: bool = False  # the publisher's sequence number was already stored; nothing new was written
+
+
+@dataclass(slots=True)
+class SessionView:
+    """What a reader needs to resume: the latest envelope and the events after its resume id."""
+
+    snapshot: bytes | None
+    events: list[bytes] = field(default_factory=list)
+    gap: bool = False  # an event after the resume id is no longer retained (trimmed or expired)
+
+
+MessageHandler = Callable[[str, bytes], None]
+"""Called with (session id, envelope JSON with id) for every event published to a subscribed session."""
+
+ResyncHandler = Callable[[], None]
+"""Called after the feed lost its connection and got it back: messages published meanwhile were missed."""
+
+
+class Feed(ABC):
+    """A live subscription to sessions' events. A process opens one and shares it (see ``Hub``)."""
+
+    @abstractmethod
+    async def add(self, session_id: str) -> None:
+        """Subscribe; returns once messages for the session will be delivered."""
+
+    @abstractmethod
+    async def remove(self, session_id: str) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class Engine(ABC):
+    """Store, read and announce events."""
+
+    name: str
+
+    @abstractmethod
+    async def publish(self, draft: EventDraft) -> Published:
+        """Store the event and announce it, atomically. Raises ``SessionTerminal`` after a terminal event."""
+
+    @abstractmethod
+    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+        """The snapshot, plus the retained events with id > ``after`` (none when ``after`` is None)."""
+
+    @abstractmethod
+    def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed: ...
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise ``EngineUnavailable`` unless the backing store answers."""
+
+    async def stats(self) -> dict[str, Any]:
+        return {}
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,127 @@
+"""The embedded engine: the Redis engine's semantics inside one process, with zero setup."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..events import EventDraft, EventId, eta_seconds, finish_envelope, format_event_id, with_id
+from .base import Engine, Feed, MessageHandler, Published, ResyncHandler, SessionTerminal, SessionView
+
+SWEEP_INTERVAL = 60.0
+
+
+@dataclass(slots=True)
+class _Session:
+    started_ms: int
+    events: deque[tuple[EventId, bytes]] = field(default_factory=deque)
+    last_id: EventId = (0, 0)
+    max_deleted: EventId = (0, 0)
+    terminal: bool = False
+    publisher_sequences: dict[str, int] = field(default_factory=dict)
+    expires_at: float = 0.0
+
+
+class MemoryEngine(Engine):
+    name = "memory"
+
+    def __init__(self, history: int = 1000, ttl: int = 86400) -> None:
+        self.history = history
+        self.ttl = ttl
+        self._sessions: dict[str, _Session] = {}
+        self._feeds: set[MemoryFeed] = set()
+        self._last_sweep = time.monotonic()
+
+    def _session(self, session_id: str) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is not None and session.expires_at <= time.monotonic():
+            del self._sessions[session_id]
+            return None
+        return session
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < SWEEP_INTERVAL:
+            return
+        self._last_sweep = now
+        for session_id in [sid for sid, s in self._sessions.items() if s.expires_at <= now]:
+            del self._sessions[session_id]
+
+    def _next_id(self, session: _Session) -> EventId:
+        now_ms = time.time_ns() // 1_000_000
+        last_ms, last_seq = session.last_id
+        return (now_ms, 0) if now_ms > last_ms else (last_ms, last_seq + 1)
+
+    async def publish(self, draft: EventDraft) -> Published:
+        return self.publish_now(draft)
+
+    def publish_now(self, draft: EventDraft) -> Published:
+        """``publish`` for synchronous callers: storing in memory never waits."""
+        self._sweep()
+        session = self._session(draft.session_id)
+        if session is None:
+            session = self._sessions[draft.session_id] = _Session(started_ms=draft.timestamp_ms)
+        if session.terminal:
+            raise SessionTerminal(draft.session_id, session.events[-1][1] if session.events else None)
+        if draft.publisher:
+            if draft.sequence <= session.publisher_sequences.get(draft.publisher, -1):
+                return Published(session.events[-1][1], duplicate=True)
+            session.publisher_sequences[draft.publisher] = draft.sequence
+
+        elapsed = (draft.timestamp_ms - session.started_ms) / 1000
+        eta = eta_seconds(draft.etapa_atual, draft.total_etapas, draft.status, elapsed)
+        event_id = self._next_id(session)
+        envelope = with_id(finish_envelope(draft.encode(), eta), format_event_id(event_id))
+
+        session.events.append((event_id, envelope))
+        session.last_id = event_id
+        while len(session.events) > self.history:
+            session.max_deleted = session.events.popleft()[0]
+        session.terminal = draft.terminal
+        session.expires_at = time.monotonic() + self.ttl
+
+        for feed in tuple(self._feeds):
+            feed.deliver(draft.session_id, envelope)
+        return Published(envelope)
+
+    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+        session = self._session(session_id)
+        if session is None or not session.events:
+            return SessionView(snapshot=None)
+        snapshot = session.events[-1][1]
+        if after is None:
+            return SessionView(snapshot)
+        events = [envelope for event_id, envelope in session.events if event_id > after]
+        return SessionView(snapshot, events, gap=session.max_deleted > after)
+
+    def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
+        feed = MemoryFeed(self, on_message)
+        self._feeds.add(feed)
+        return feed
+
+    async def ping(self) -> None:
+        return None
+
+    async def stats(self) -> dict[str, object]:
+        return {"sessions": len(self._sessions)}
+
+
+class MemoryFeed(Feed):
+    def __init__(self, engine: MemoryEngine, on_message: MessageHandler) -> None:
+        self._engine = engine
+        self._on_message = on_message
+        self._sessions: set[str] = set()
+
+    def deliver(self, session_id: str, envelope: bytes) -> None:
+        if session_id in self._sessions:
+            self._on_message(session_id, envelope)
+
+    async def add(self, session_id: str) -> None:
+        self._sessions.add(session_id)
+
+    async def remove(self, session_id: str) -> None:
+        self._sessions.discard(session_id)
+
+    async def close(self) -> None:
+        self._engine._feeds.discard(self)

@@ -1,0 +1,241 @@
+"""The Redis engine: a stream per session (history), a snapshot key (polling), Pub/Sub (live push).
+
+Every publish is one Lua script, so a reader never sees the stream, the snapshot and the announcement
+disagree. Keys carry the session id in a hash tag (``rpa:events:{abc}``) so one session lives in one
+Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..events import EventDraft, EventId, format_event_id, parse_event_id, with_id
+from .base import (
+    Engine,
+    EngineUnavailable,
+    Feed,
+    MessageHandler,
+    Published,
+    ResyncHandler,
+    SessionTerminal,
+    SessionView,
+)
+from .redis_feed import RedisFeed
+
+PUBLISH_SCRIPT = """
+local stream, snapshot, meta = KEYS[1], KEYS[2], KEYS[3]
+local channel, draft, terminal = ARGV[1], ARGV[2], ARGV[3]
+local etapa, total, now_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local maxlen, ttl, publisher, sequence = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+
+if redis.call('HEXISTS', meta, 'terminal') == 1 then
+  return {'terminal', redis.call('GET', snapshot) or ''}
+end
+if publisher ~= '' then
+  local field = 'pub:' .. publisher
+  if sequence <= tonumber(redis.call('HGET', meta, field) or '-1') then
+    return {'duplicate', redis.call('GET', snapshot) or ''}
+  end
+  redis.call('HSET', meta, field, sequence)
+end
+
+redis.call('HSETNX', meta, 'started', now_ms)
+local started = tonumber(redis.call('HGET', meta, 'started'))
+local eta = 'null'
+if terminal == '1' then
+  eta = '0.0'
+elseif etapa >= 1 then
+  local elapsed = math.max(0, now_ms - started) / 1000
+  eta = string.format('%.1f', elapsed / etapa * math.max(0, total - etapa))
+end
+
+local stored = string.sub(draft, 1, -2) .. ',"eta_seconds":' .. eta .. '}'
+local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'e', stored)
+local envelope = '{"id":"' .. id .. '",' .. string.sub(stored, 2)
+redis.call('SET', snapshot, envelope, 'EX', ttl)
+redis.call('EXPIRE', stream, ttl)
+if terminal == '1' then
+  redis.call('HSET', meta, 'terminal', id)
+end
+redis.call('EXPIRE', meta, ttl)
+redis.call('PUBLISH', channel, envelope)
+return {'ok', envelope}
+"""
+
+# Returns {snapshot, trimmed-marker, entries}. The marker is the id of the newest trimmed entry
+# (Redis >= 7 reports it), or "first:<id>" of the oldest retained entry on older servers.
+READ_SCRIPT = """
+local snapshot = redis.call('GET', KEYS[2])
+if ARGV[1] == '' or not snapshot then
+  return {snapshot or '', '', {}}
+end
+local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
+if not ok then
+  return {snapshot, '', {}}
+end
+local trimmed, first = nil, ''
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then trimmed = info[i + 1] end
+  if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+end
+local marker = trimmed or ('first:' .. first)
+local entries
+if ARGV[1] == '-' then
+  entries = redis.call('XRANGE', KEYS[1], '-', '+')
+else
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')
+end
+return {snapshot, marker, entries}
+"""
+
+
+class RedisKeys:
+    """Key and channel names; the braces are literal Redis Cluster hash tags."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self._channel_prefix = f"{prefix}:session:{{".encode()
+
+    def stream(self, session_id: str) -> str:
+        return f"{self.prefix}:events:{{{session_id}}}"
+
+    def snapshot(self, session_id: str) -> str:
+        return f"{self.prefix}:progress:{{{session_id}}}"
+
+    def meta(self, session_id: str) -> str:
+        return f"{self.prefix}:meta:{{{session_id}}}"
+
+    def channel(self, session_id: str) -> bytes:
+        return self._channel_prefix + session_id.encode() + b"}"
+
+    def session_of(self, channel: bytes) -> str | None:
+        if channel.startswith(self._channel_prefix) and channel.endswith(b"}"):
+            return channel[len(self._channel_prefix) : -1].decode()
+        return None
+
+    @property
+    def control_channel(self) -> bytes:
+        return f"{self.prefix}:hub".encode()
+
+
+def connection_options(url: str, verify_tls: bool) -> dict[str, Any]:
+    options: dict[str, Any] = {"socket_keepalive": True, "socket_connect_timeout": 5, "health_check_interval": 0}
+    if url.startswith("rediss://") and not verify_tls:
+        # Heroku Redis presents a self-signed certificate.
+        options["ssl_cert_reqs"] = ssl.CERT_NONE
+        options["ssl_check_hostname"] = False
+    return options
+
+
+class RedisEngine(Engine):
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "rpa",
+        history: int = 1000,
+        ttl: int = 86400,
+        pool_size: int = 2,
+        verify_tls: bool = True,
+    ) -> None:
+        self.url = url
+        self.keys = RedisKeys(prefix)
+        self.history = history
+        self.ttl = ttl
+        options = connection_options(url, verify_tls)
+        # A small blocking pool queues a burst of readers instead of failing past max_connections.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=10, **options)
+        self.client = aioredis.Redis(connection_pool=pool)
+        self._options = options
+        self._publish = self.client.register_script(PUBLISH_SCRIPT)
+        self._read = self.client.register_script(READ_SCRIPT)
+
+    async def publish(self, draft: EventDraft) -> Published:
+        keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
+        try:
+            outcome = await self._publish(keys=keys, args=args)
+        except RedisError as error:
+            raise EngineUnavailable(str(error)) from error
+        return published_outcome(draft.session_id, outcome)
+
+    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+        if after is None:
+            argument = ""
+        elif after == (0, 0):
+            argument = "-"
+        else:
+            argument = format_event_id(after)
+        try:
+            snapshot, marker, entries = await self._read(
+                keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument]
+            )
+        except RedisError as error:
+            raise EngineUnavailable(str(error)) from error
+        if not snapshot:
+            return SessionView(snapshot=None)
+        if after is None:
+            return SessionView(snapshot)
+        events = [with_id(fields[1], entry_id.decode()) for entry_id, fields in entries]
+        return SessionView(snapshot, events, gap=_trimmed_after(marker, after))
+
+    def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
+        return RedisFeed(self.url, self._options, self.keys, on_message, on_resync)
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except RedisError as error:
+            raise EngineUnavailable(str(error)) from error
+
+    async def stats(self) -> dict[str, Any]:
+        info = await self.client.info()
+        return {
+            "connected_clients": info.get("connected_clients"),
+            "used_memory": info.get("used_memory"),
+            "keyspace_hits": info.get("keyspace_hits"),
+            "keyspace_misses": info.get("keyspace_misses"),
+        }
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self.client.connection_pool.disconnect()
+
+
+def publish_arguments(
+    keys: RedisKeys, draft: EventDraft, history: int, ttl: int
+) -> tuple[list[str], list[str | bytes | int]]:
+    """KEYS and ARGV of ``PUBLISH_SCRIPT``; shared by the engine and the synchronous tracker."""
+    sid = draft.session_id
+    return [keys.stream(sid), keys.snapshot(sid), keys.meta(sid)], [
+        keys.channel(sid),
+        draft.encode(),
+        "1" if draft.terminal else "0",
+        draft.etapa_atual,
+        draft.total_etapas,
+        draft.timestamp_ms,
+        history,
+        ttl,
+        draft.publisher,
+        draft.sequence,
+    ]
+
+
+def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
+    status, envelope = outcome
+    if status == b"terminal":
+        raise SessionTerminal(session_id, envelope or None)
+    return Published(envelope, duplicate=status == b"duplicate")
+
+
+def _trimmed_after(marker: bytes, after: EventId) -> bool:
+    text = marker.decode()
+    if text.startswith("first:"):
+        first = parse_event_id(text[len("first:") :])
+        return first is not None and first > after and after != (0, 0)
+    trimmed = parse_event_id(text)
+    return trimmed is not None and trimmed > after

@@ -1,0 +1,161 @@
+"""The event envelope: validation, ids, and the one place where its JSON is built.
+
+An envelope is encoded in two steps so that the engine can finish it atomically: the publisher encodes a
+*draft* (everything but ``id`` and ``eta_seconds``), and the engine appends ``eta_seconds`` (it knows when
+the session started) and splices ``id`` in front (it learns the id when storing the event).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+STATUSES = ("pending", "running", "success", "error", "cancelled")
+TERMINAL_STATUSES = frozenset({"success", "error", "cancelled"})
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EVENT_ID_PATTERN = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+
+EventId = tuple[int, int]
+ZERO_ID: EventId = (0, 0)
+
+
+class InvalidEvent(ValueError):
+    """A field of an event is missing, of the wrong type or out of range."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def is_valid_session_id(session_id: str) -> bool:
+    return SESSION_ID_PATTERN.match(session_id) is not None
+
+
+def parse_event_id(text: str) -> EventId | None:
+    """``"1732530000000-3"`` → ``(1732530000000, 3)``; ``"5"`` → ``(5, 0)``; anything else → None."""
+    match = EVENT_ID_PATTERN.match(text)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def format_event_id(event_id: EventId) -> str:
+    return f"{event_id[0]}-{event_id[1]}"
+
+
+def percentual(etapa_atual: int, total_etapas: int, status: str) -> float:
+    if status == "success":
+        return 100.0
+    return min(100.0, max(0.0, round(100 * etapa_atual / total_etapas, 1)))
+
+
+def eta_seconds(etapa_atual: int, total_etapas: int, status: str, elapsed: float) -> float | None:
+    """Seconds left, extrapolated from the time the steps so far have taken."""
+    if status in TERMINAL_STATUSES:
+        return 0.0
+    if etapa_atual < 1:
+        return None
+    return round(max(0.0, elapsed) / etapa_atual * max(0, total_etapas - etapa_atual), 1)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A validated event as a job reports it, before the engine gives it an id."""
+
+    session_id: str
+    etapa_atual: int
+    total_etapas: int
+    status: str = "running"
+    mensagem: str = ""
+    dados_extra: dict[str, Any] | None = None
+    timestamp: str = ""
+    # (publisher id, sequence number): lets the engine drop a retried publish it already stored.
+    publisher: str = ""
+    sequence: int = -1
+
+    def __post_init__(self) -> None:
+        validate_fields(
+            self.session_id,
+            self.etapa_atual,
+            self.total_etapas,
+            self.status,
+            self.mensagem,
+            self.dados_extra,
+        )
+        if not self.timestamp:
+            object.__setattr__(self, "timestamp", now_iso())
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def timestamp_ms(self) -> int:
+        return int(datetime.fromisoformat(self.timestamp).timestamp() * 1000)
+
+    def encode(self) -> bytes:
+        """The envelope JSON without ``id`` and ``eta_seconds`` (both are added by the engine)."""
+        return orjson.dumps(
+            {
+                "type": "progress_update",
+                "session_id": self.session_id,
+                "etapa_atual": self.etapa_atual,
+                "total_etapas": self.total_etapas,
+                "percentual": percentual(self.etapa_atual, self.total_etapas, self.status),
+                "status": self.status,
+                "mensagem": self.mensagem,
+                "dados_extra": self.dados_extra,
+                "timestamp": self.timestamp,
+            }
+        )
+
+
+def validate_fields(
+    session_id: object,
+    etapa_atual: object,
+    total_etapas: object,
+    status: object,
+    mensagem: object,
+    dados_extra: object,
+) -> None:
+    if not isinstance(session_id, str) or not is_valid_session_id(session_id):
+        raise InvalidEvent("session_id", "must match ^[A-Za-z0-9_-]{1,64}$")
+    if not _is_int(etapa_atual) or etapa_atual < 0:  # type: ignore[operator]
+        raise InvalidEvent("etapa_atual", "must be an integer >= 0")
+    if not _is_int(total_etapas) or total_etapas < 1:  # type: ignore[operator]
+        raise InvalidEvent("total_etapas", "must be an integer >= 1")
+    if status not in STATUSES:
+        raise InvalidEvent("status", f"must be one of {', '.join(STATUSES)}")
+    if not isinstance(mensagem, str):
+        raise InvalidEvent("mensagem", "must be a string")
+    if dados_extra is not None and not isinstance(dados_extra, dict):
+        raise InvalidEvent("dados_extra", "must be a JSON object or null")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def finish_envelope(draft_json: bytes, eta: float | None) -> bytes:
+    """Append ``eta_seconds`` to a draft; the result is the stored form (no ``id``)."""
+    return draft_json[:-1] + b',"eta_seconds":' + orjson.dumps(eta) + b"}"
+
+
+def with_id(stored_json: bytes, event_id: str) -> bytes:
+    """Splice ``"id"`` in as the first key of a stored envelope."""
+    return b'{"id":"' + event_id.encode() + b'",' + stored_json[1:]
+
+
+def decode(envelope_json: bytes | str) -> dict[str, Any]:
+    value = orjson.loads(envelope_json)
+    if not isinstance(value, dict):
+        raise ValueError("an envelope must be a JSON object")
+    return value

@@ -1,0 +1,71 @@
+"""Frames: an event as one transport delivers it, encoded once and shared by every client.
+
+The envelope JSON never contains a raw newline (JSON escapes control characters inside strings), so one
+``data:`` line carries it and no field of an event can add or alter an SSE field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+
+from .events import TERMINAL_STATUSES, EventId, decode, parse_event_id
+
+FrameKind = Literal["progress_update", "snapshot", "reset"]
+
+
+class Frame:
+    """One event ready for the wire. ``sse`` and ``text`` are computed at most once per event."""
+
+    __slots__ = ("_sse", "_text", "data", "id", "id_text", "kind", "status")
+
+    def __init__(self, event_id: EventId, id_text: str, kind: FrameKind, data: bytes, status: str) -> None:
+        self.id = event_id
+        self.id_text = id_text
+        self.kind = kind
+        self.data = data
+        self.status = status
+        self._sse: bytes | None = None
+        self._text: str | None = None
+
+    @classmethod
+    def from_envelope(cls, envelope_json: bytes, kind: FrameKind = "progress_update") -> Frame:
+        """Build a frame from a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``."""
+        envelope = decode(envelope_json)
+        id_text = envelope["id"]
+        event_id = parse_event_id(id_text)
+        if event_id is None:
+            raise ValueError(f"envelope has an invalid id: {id_text!r}")
+        if kind != "progress_update":
+            envelope["type"] = kind
+            envelope_json = orjson.dumps(envelope)
+        return cls(event_id, id_text, kind, envelope_json, envelope.get("status", ""))
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"".join(
+                (b"id: ", self.id_text.encode(), b"\nevent: ", self.kind.encode(), b"\ndata: ", self.data, b"\n\n")
+            )
+        return self._sse
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.data.decode()
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Frame({self.id_text}, {self.kind}, {self.status})"
+
+
+def retry_line(milliseconds: int) -> bytes:
+    return b"retry: %d\n\n" % milliseconds
+
+
+HEARTBEAT = b": ping\n\n"

@@ -1,0 +1,42 @@
+"""Prometheus metrics. Labels never carry session ids or tokens: their number would grow without bound."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.open_connections = Gauge(
+            "sse_progress_open_connections", "Open client connections", ["transport"], registry=self.registry
+        )
+        self.active_sessions = Gauge(
+            "sse_progress_active_sessions", "Sessions with at least one live listener", registry=self.registry
+        )
+        self.events_published = Counter(
+            "sse_progress_events_published", "Events stored through this process", registry=self.registry
+        )
+        self.events_delivered = Counter(
+            "sse_progress_events_delivered", "Frames written to clients", ["transport"], registry=self.registry
+        )
+        self.events_replayed = Counter(
+            "sse_progress_events_replayed", "Frames sent from history on connect or resync", registry=self.registry
+        )
+        self.slow_consumer_disconnects = Counter(
+            "sse_progress_slow_consumer_disconnects",
+            "Clients cut off because their buffer overflowed",
+            registry=self.registry,
+        )
+        self.redis_reconnects = Counter(
+            "sse_progress_redis_reconnects", "Pub/Sub reconnections after a lost connection", registry=self.registry
+        )
+        self.publish_latency = Histogram(
+            "sse_progress_publish_seconds",
+            "Time to store and announce one event",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+
+
+METRICS = Metrics()

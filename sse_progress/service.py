@@ -1,0 +1,36 @@
+"""What every route shares: settings, the engine, the hub and the token authority."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from .auth import Claims, Role, TokenAuthority, token_from
+from .config import Settings
+from .engines import Engine
+from .errors import ApiError
+from .events import is_valid_session_id
+from .hub import Hub
+
+
+@dataclass
+class Service:
+    settings: Settings
+    engine: Engine
+    hub: Hub
+    tokens: TokenAuthority
+
+    @staticmethod
+    def of(connection: HTTPConnection) -> Service:
+        service: Service = connection.app.state.service
+        return service
+
+    def session_id(self, connection: HTTPConnection) -> str:
+        session_id: str = connection.path_params["session_id"]
+        if not is_valid_session_id(session_id):
+            raise ApiError(400, "invalid session id: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+        return session_id
+
+    def authorize(self, connection: HTTPConnection, session_id: str, role: Role) -> Claims | None:
+        return self.tokens.check(token_from(connection), session_id, role)

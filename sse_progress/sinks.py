@@ -1,0 +1,141 @@
+"""Where a tracker's events go: Redis, an HTTP service, an in-process engine, or a JSON file.
+
+Synchronous sinks serve ``ProgressTracker`` (Playwright jobs are often synchronous); asynchronous ones serve
+``AsyncProgressTracker``. Each returns the stored envelope (with its id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+import redis
+
+from .engines import Engine, MemoryEngine, SessionTerminal
+from .engines.redis import PUBLISH_SCRIPT, RedisKeys, connection_options, publish_arguments, published_outcome
+from .events import EventDraft
+
+HTTP_TIMEOUT = 10.0
+
+
+class Sink(Protocol):
+    def send(self, draft: EventDraft) -> bytes: ...
+
+
+class AsyncSink(Protocol):
+    async def send(self, draft: EventDraft) -> bytes: ...
+
+
+class RedisSink:
+    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
+        options = connection_options(url, verify_tls)
+        options["socket_timeout"] = 5
+        self._client = redis.Redis.from_url(url, **options)
+        self._script = self._client.register_script(PUBLISH_SCRIPT)
+        self._keys = RedisKeys(prefix)
+        self._history = history
+        self._ttl = ttl
+
+    def send(self, draft: EventDraft) -> bytes:
+        keys, args = publish_arguments(self._keys, draft, self._history, self._ttl)
+        return published_outcome(draft.session_id, self._script(keys=keys, args=args)).envelope
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class MemorySink:
+    """Publishes into an in-process engine (tests, the embedded demo, or a JSON-only tracker's id source)."""
+
+    def __init__(self, engine: MemoryEngine) -> None:
+        self.engine = engine
+
+    def send(self, draft: EventDraft) -> bytes:
+        return self.engine.publish_now(draft).envelope
+
+
+class HttpSink:
+    def __init__(self, base_url: str, token: str) -> None:
+        self._client = httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT, headers=_auth(token))
+
+    def send(self, draft: EventDraft) -> bytes:
+        response = self._client.post(f"/sessions/{draft.session_id}/events", content=_http_body(draft))
+        return _http_envelope(draft, response)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class EngineSink:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def send(self, draft: EventDraft) -> bytes:
+        return (await self.engine.publish(draft)).envelope
+
+
+class AsyncHttpSink:
+    def __init__(self, base_url: str, token: str) -> None:
+        self._client = httpx.AsyncClient(base_url=base_url, timeout=HTTP_TIMEOUT, headers=_auth(token))
+
+    async def send(self, draft: EventDraft) -> bytes:
+        response = await self._client.post(f"/sessions/{draft.session_id}/events", content=_http_body(draft))
+        return _http_envelope(draft, response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class HttpPublishError(Exception):
+    """The service refused an event for a reason a retry will not fix (bad token, invalid event)."""
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def _http_body(draft: EventDraft) -> bytes:
+    return json.dumps(
+        {
+            "etapa_atual": draft.etapa_atual,
+            "total_etapas": draft.total_etapas,
+            "status": draft.status,
+            "mensagem": draft.mensagem,
+            "dados_extra": draft.dados_extra,
+            "timestamp": draft.timestamp,
+        },
+        ensure_ascii=False,
+    ).encode()
+
+
+def _http_envelope(draft: EventDraft, response: httpx.Response) -> bytes:
+    if response.status_code == 409:
+        raise SessionTerminal(draft.session_id, None)
+    if response.status_code >= 500:
+        raise OSError(f"progress service answered {response.status_code}")  # transient: fall back, retry later
+    if response.status_code != 201:
+        raise HttpPublishError(f"progress service refused the event ({response.status_code}): {response.text}")
+    return json.dumps(response.json()["data"], ensure_ascii=False).encode()
+
+
+def default_json_dir() -> Path:
+    return Path(os.environ.get("SSE_PROGRESS_JSON_DIR") or tempfile.gettempdir())
+
+
+def write_json_snapshot(directory: Path, session_id: str, envelope: bytes) -> Path:
+    """Write ``progress_<sid>.json`` atomically (temp file + rename): a poller never reads half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"progress_{session_id}.json"
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".progress_{session_id}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(envelope)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target

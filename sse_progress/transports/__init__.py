@@ -1,0 +1,1 @@
+"""HTTP and WebSocket routes; each reads through the hub or the engine, never Redis directly."""

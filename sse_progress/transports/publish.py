@@ -1,0 +1,83 @@
+"""Publishing over HTTP, for producers that are not Python (a PHP page, a shell script)."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..auth import Role
+from ..engines import SessionTerminal
+from ..errors import ApiError
+from ..events import EventDraft, InvalidEvent
+from ..metrics import METRICS
+from ..service import Service
+
+MAX_BODY_BYTES = 64 * 1024
+FIELDS = ("etapa_atual", "total_etapas", "mensagem", "status", "dados_extra", "timestamp")
+
+
+async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"body too large: at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body too large: at most {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def draft_from_body(session_id: str, body: bytes) -> EventDraft:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(
+            400, 'body is not JSON: send a JSON object such as {"etapa_atual": 1, "total_etapas": 15}'
+        ) from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "body: must be a JSON object")
+    unknown = sorted(set(payload) - set(FIELDS))
+    if unknown:
+        raise ApiError(422, f"{unknown[0]}: unknown field; allowed fields are {', '.join(FIELDS)}")
+    for required in ("etapa_atual", "total_etapas"):
+        if required not in payload:
+            raise ApiError(422, f"{required}: required")
+    timestamp = payload.get("timestamp", "")
+    if not isinstance(timestamp, str):
+        raise ApiError(422, "timestamp: must be an ISO 8601 string")
+    try:
+        draft = EventDraft(
+            session_id=session_id,
+            etapa_atual=payload["etapa_atual"],
+            total_etapas=payload["total_etapas"],
+            status=payload.get("status", "running"),
+            mensagem=payload.get("mensagem", ""),
+            dados_extra=payload.get("dados_extra"),
+            timestamp=timestamp,
+        )
+        draft.timestamp_ms  # noqa: B018 - validates the timestamp
+    except InvalidEvent as error:
+        raise ApiError(422, str(error)) from None
+    except (ValueError, OverflowError):
+        raise ApiError(422, "timestamp: must be an ISO 8601 date-time with an offset") from None
+    return draft
+
+
+async def publish(request: Request) -> Response:
+    service = Service.of(request)
+    session_id = service.session_id(request)
+    service.authorize(request, session_id, Role.PUBLISH)
+    draft = draft_from_body(session_id, await read_limited_body(request))
+    try:
+        with METRICS.publish_latency.time():
+            published = await service.engine.publish(draft)
+    except SessionTerminal:
+        raise ApiError(409, "session already ended: it accepts no more events") from None
+    METRICS.events_published.inc()
+    return Response(
+        b'{"success":true,"data":' + published.envelope + b"}", status_code=201, media_type="application/json"
+    )

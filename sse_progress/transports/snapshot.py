@@ -1,0 +1,48 @@
+"""JSON for pollers: the latest state (with ETag) and the retained history."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..auth import Role
+from ..errors import ApiError
+from ..events import ZERO_ID, parse_event_id
+from ..frames import Frame
+from ..service import Service
+
+NOT_FOUND = "no such session: it has no events yet, or they expired"
+
+
+def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+async def snapshot(request: Request) -> Response:
+    service = Service.of(request)
+    session_id = service.session_id(request)
+    service.authorize(request, session_id, Role.SUBSCRIBE)
+    view = await service.engine.read(session_id, None)
+    if view.snapshot is None:
+        raise ApiError(404, NOT_FOUND)
+    etag = f'"{Frame.from_envelope(view.snapshot).id_text}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=304, headers=headers)
+    return _json(b'{"success":true,"data":' + view.snapshot + b"}", headers=headers)
+
+
+async def history(request: Request) -> Response:
+    service = Service.of(request)
+    session_id = service.session_id(request)
+    service.authorize(request, session_id, Role.SUBSCRIBE)
+    after_text = request.query_params.get("after", "0")
+    after = ZERO_ID if after_text in ("", "earliest", "0") else parse_event_id(after_text)
+    if after is None:
+        raise ApiError(422, "after: must be an event id such as 1732530000000-0, or 0 for the whole history")
+    view = await service.engine.read(session_id, after)
+    if view.snapshot is None:
+        raise ApiError(404, NOT_FOUND)
+    events = b",".join(view.events)
+    truncated = b"true" if view.gap and after != ZERO_ID else b"false"
+    return _json(b'{"success":true,"truncated":' + truncated + b',"events":[' + events + b"]}")
