@@ -66,8 +66,8 @@ redis.call('PUBLISH', channel, envelope)
 return {'ok', envelope}
 """
 
-# Returns {snapshot, trimmed-marker, entries}. The marker is the id of the newest trimmed entry
-# (Redis >= 7 reports it), or "first:<id>" of the oldest retained entry on older servers.
+# Returns {snapshot, first-retained-id, entries}. The first retained id is '' when nothing was ever trimmed
+# (entries-added == length): then no resume id can point before the history; 'lost' when the stream is gone.
 READ_SCRIPT = """
 local snapshot = redis.call('GET', KEYS[2])
 if ARGV[1] == '' or not snapshot then
@@ -75,14 +75,16 @@ if ARGV[1] == '' or not snapshot then
 end
 local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
 if not ok then
-  return {snapshot, '', {}}
+  return {snapshot, 'lost', {}}
 end
-local trimmed, first = nil, ''
+local length, added, first = 0, nil, ''
 for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then trimmed = info[i + 1] end
+  if info[i] == 'length' then length = info[i + 1] end
+  if info[i] == 'entries-added' then added = info[i + 1] end
   if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
 end
-local marker = trimmed or ('first:' .. first)
+local marker = first
+if added ~= nil and added <= length then marker = '' end
 local entries
 if ARGV[1] == '-' then
   entries = redis.call('XRANGE', KEYS[1], '-', '+')
@@ -232,10 +234,9 @@ def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
     return Published(envelope, duplicate=status == b"duplicate")
 
 
-def _trimmed_after(marker: bytes, after: EventId) -> bool:
-    text = marker.decode()
-    if text.startswith("first:"):
-        first = parse_event_id(text[len("first:") :])
-        return first is not None and first > after and after != (0, 0)
-    trimmed = parse_event_id(text)
-    return trimmed is not None and trimmed > after
+def _trimmed_after(first_retained: bytes, after: EventId) -> bool:
+    """Trimming removes the oldest entries, so events after ``after`` are missing iff it precedes the first kept."""
+    if first_retained == b"lost":  # the snapshot outlived its stream
+        return True
+    first = parse_event_id(first_retained.decode()) if first_retained else None
+    return first is not None and first > after
