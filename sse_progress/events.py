@@ -16,8 +16,8 @@ import orjson
 
 STATUSES = ("pending", "running", "success", "error", "cancelled")
 TERMINAL_STATUSES = frozenset({"success", "error", "cancelled"})
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-EVENT_ID_PATTERN = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EVENT_ID_PATTERN = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 
 EventId = tuple[int, int]
 ZERO_ID: EventId = (0, 0)
@@ -32,12 +32,12 @@ class InvalidEvent(ValueError):
 
 
 def is_valid_session_id(session_id: str) -> bool:
-    return SESSION_ID_PATTERN.match(session_id) is not None
+    return SESSION_ID_PATTERN.fullmatch(session_id) is not None
 
 
 def parse_event_id(text: str) -> EventId | None:
     """``"1732530000000-3"`` → ``(1732530000000, 3)``; ``"5"`` → ``(5, 0)``; anything else → None."""
-    match = EVENT_ID_PATTERN.match(text)
+    match = EVENT_ID_PATTERN.fullmatch(text)
     if match is None:
         return None
     return int(match.group(1)), int(match.group(2) or 0)

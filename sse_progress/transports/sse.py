@@ -39,7 +39,7 @@ async def events(request: Request) -> Response:
         _body(stream, service.settings.retry_ms),
         headers=STREAM_HEADERS,
         ping=service.settings.heartbeat,
-        ping_message_factory=lambda: ServerSentEvent(comment="ping"),
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         sep="\n",
     )
 
