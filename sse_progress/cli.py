@@ -90,7 +90,8 @@ def demo(args: argparse.Namespace) -> int:
             print(
                 f"\nsse-progress demo: a simulated 15-step quote job is running as session {session_id}\n\n"
                 f"  Open the page:   {base}/?session={session_id}&token={token}\n"
-                f"  Or follow it:    curl -N '{base}/sessions/{session_id}/events?token={token}&last_event_id=earliest'\n"
+                f"  Or follow it:    curl -N '{base}/sessions/{session_id}/events"
+                f"?token={token}&last_event_id=earliest'\n"
                 f"  Snapshot (JSON): curl '{base}/sessions/{session_id}?token={token}'\n\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,

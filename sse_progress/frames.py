@@ -31,7 +31,7 @@ class Frame:
 
     @classmethod
     def from_envelope(cls, envelope_json: bytes, kind: FrameKind = "progress_update") -> Frame:
-        """Build a frame from a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``."""
+        """A frame of a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``."""
         envelope = decode(envelope_json)
         id_text = envelope["id"]
         event_id = parse_event_id(id_text)

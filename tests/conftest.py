@@ -57,8 +57,18 @@ class RedisServer:
     def start(self) -> None:
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.directory,
-             *persistence],
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                self.directory,
+                *persistence,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -123,9 +133,21 @@ class LiveServer:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "sse_progress.app:create_app", "--factory",
-                 "--host", "127.0.0.1", "--port", str(self.port), "--timeout-graceful-shutdown", "3",
-                 "--log-level", "warning"],
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "sse_progress.app:create_app",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--timeout-graceful-shutdown",
+                    "3",
+                    "--log-level",
+                    "warning",
+                ],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,

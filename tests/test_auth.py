@@ -26,7 +26,7 @@ def test_missing_forged_tampered_and_expired_tokens_are_401() -> None:
     authority = TokenAuthority(("k1",))
     token = authority.issue("abc", Role.SUBSCRIBE)
     forged = TokenAuthority(("another-secret",)).issue("abc", Role.SUBSCRIBE)
-    payload, _, signature = token.rpartition(".")
+    _payload, _, signature = token.rpartition(".")
     tampered = base64.urlsafe_b64encode(b'{"s":"xyz","r":"admin","e":9999999999}').decode().rstrip("=")
     assert _status(lambda: authority.check(None, "abc", Role.SUBSCRIBE)) == 401
     assert _status(lambda: authority.check(forged, "abc", Role.SUBSCRIBE)) == 401

@@ -98,9 +98,9 @@ def _parse_sse(stream: bytes) -> list[dict[str, str]]:
 
 
 @given(
-    mensagem=st.lists(st.sampled_from(["\n", "\r", "data:", "id:", "event:", "retry:", ":", " ", "x", "é", "\x00"])).map(
-        "".join
-    ),
+    mensagem=st.lists(
+        st.sampled_from(["\n", "\r", "data:", "id:", "event:", "retry:", ":", " ", "x", "é", "\x00"])
+    ).map("".join),
     extra=st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=3),
 )
 def test_no_message_content_can_add_or_alter_sse_fields(mensagem: str, extra: dict[str, str]) -> None:

@@ -31,7 +31,8 @@ async def test_snapshot_has_an_etag_and_answers_304_when_unchanged(
     assert response.headers["etag"] == f'"{latest["id"]}"'
     assert response.headers["x-content-type-options"] == "nosniff"
     cached = await client.get(
-        f"/sessions/{session_id}", headers={**bearer(server.token(session_id)), "If-None-Match": response.headers["etag"]}
+        f"/sessions/{session_id}",
+        headers={**bearer(server.token(session_id)), "If-None-Match": response.headers["etag"]},
     )
     assert cached.status_code == 304 and cached.content == b""
 

@@ -158,9 +158,7 @@ async def test_stream_ends_after_the_terminal_event(
     assert [(f.id, f.data["status"]) for f in frames] == [(final["id"], "error")]
 
 
-async def test_resume_at_the_terminal_event_gets_204(
-    live: LiveServer, publisher: Publisher, session_id: str
-) -> None:
+async def test_resume_at_the_terminal_event_gets_204(live: LiveServer, publisher: Publisher, session_id: str) -> None:
     await publisher.step(1)
     final = await publisher.step(15, "success")
     async with follow("sse", live.url, session_id, live.token(session_id), final["id"]) as stream:

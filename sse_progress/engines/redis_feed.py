@@ -8,6 +8,7 @@ resubscribes every wanted session, and calls ``on_resync`` so readers re-read th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import deque
@@ -58,10 +59,9 @@ class RedisFeed(Feed):
         pubsub = self._pubsub
         if pubsub is not None and self.connected:
             groups.append([future])
-            try:
+            # On failure the reader reconnects and subscribes every wanted session.
+            with contextlib.suppress(RedisError, OSError):
                 await pubsub.subscribe(self._keys.channel(session_id))
-            except (RedisError, OSError):
-                pass  # the reader reconnects and subscribes every wanted session
         elif groups:
             groups[-1].append(future)
         else:
@@ -72,17 +72,13 @@ class RedisFeed(Feed):
         self._wanted.discard(session_id)
         pubsub = self._pubsub
         if pubsub is not None and self.connected:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await pubsub.unsubscribe(self._keys.channel(session_id))
-            except (RedisError, OSError):
-                pass
 
     async def close(self) -> None:
         self._task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        except asyncio.CancelledError:
-            pass
         for groups in self._waiters.values():
             for group in groups:
                 for future in group:
@@ -98,7 +94,7 @@ class RedisFeed(Feed):
                 await pubsub.subscribe(self._keys.control_channel)
                 self._pubsub = pubsub
                 # Every pending waiter is now served by this connection's single SUBSCRIBE per session.
-                for session_id, groups in self._waiters.items():
+                for _session_id, groups in self._waiters.items():
                     merged = [future for group in groups for future in group]
                     groups.clear()
                     if merged:
@@ -125,10 +121,8 @@ class RedisFeed(Feed):
             finally:
                 self.connected = False
                 self._pubsub = None
-                try:
+                with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
-                except (RedisError, OSError):
-                    pass
 
     async def _read(self, pubsub: PubSub) -> None:
         waiting_for_pong = False

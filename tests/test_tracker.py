@@ -1,0 +1,101 @@
+"""ProgressTracker: every tipo, the JSON fallback when Redis is unreachable, the context manager."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import redis
+
+from sse_progress import AsyncProgressTracker, ProgressTracker
+from sse_progress.engines import MemoryEngine
+
+from .conftest import LiveServer
+
+
+def unused_redis_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"  # nothing listens there once the socket is closed
+
+
+def test_redis_tracker_stores_stream_and_snapshot(redis_url: str, session_id: str) -> None:
+    with ProgressTracker(total_etapas=15, session_id=session_id, redis_url=redis_url) as tracker:
+        tracker.update_progress(1, "Tela 1")
+        tracker.update_progress_with_estimativas(5, "Tela 5", [{"seguradora": "Porto", "valor": 10.5}])
+        final = tracker.complete("pronto", {"valor": 10.5})
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen(f"rpa:events:{{{session_id}}}") == 3
+    snapshot = json.loads(client.get(f"rpa:progress:{{{session_id}}}"))
+    client.close()
+    assert snapshot == final
+    assert (snapshot["status"], snapshot["percentual"], snapshot["etapa_atual"]) == ("success", 100.0, 15)
+
+
+def test_session_id_is_generated_when_not_given() -> None:
+    tracker = ProgressTracker(tipo="memory")
+    assert 1 <= len(tracker.session_id) <= 64
+    assert tracker.update_progress(1)["session_id"] == tracker.session_id  # type: ignore[index]
+
+
+def test_estimativas_are_stored_under_dados_extra(session_id: str) -> None:
+    tracker = ProgressTracker(session_id=session_id, tipo="memory")
+    event = tracker.update_progress_with_estimativas(5, "Tela 5", [{"seguradora": "Azul", "valor": 1.0}])
+    assert event is not None
+    assert event["dados_extra"] == {"estimativas_tela_5": [{"seguradora": "Azul", "valor": 1.0}]}
+
+
+def test_json_tracker_writes_the_snapshot_file_atomically(tmp_path: Path, session_id: str) -> None:
+    tracker = ProgressTracker(total_etapas=4, session_id=session_id, tipo="json", json_dir=tmp_path)
+    tracker.update_progress(1, "um")
+    tracker.update_progress(2, "dois")
+    written = json.loads((tmp_path / f"progress_{session_id}.json").read_text())
+    assert (written["etapa_atual"], written["mensagem"], written["percentual"]) == (2, "dois", 50.0)
+    assert [p.name for p in tmp_path.iterdir()] == [f"progress_{session_id}.json"]  # no temp file left behind
+
+
+def test_unreachable_redis_never_raises_into_the_job_and_falls_back_to_json(tmp_path: Path, session_id: str) -> None:
+    tracker = ProgressTracker(session_id=session_id, redis_url=unused_redis_url(), json_dir=tmp_path)
+    event = tracker.update_progress(3, "Tela 3")
+    assert event is not None and event["etapa_atual"] == 3
+    written = json.loads((tmp_path / f"progress_{session_id}.json").read_text())
+    assert written["mensagem"] == "Tela 3"
+
+
+def test_an_exception_in_the_job_reports_fail(session_id: str) -> None:
+    engine = MemoryEngine()
+    with pytest.raises(RuntimeError), ProgressTracker(session_id=session_id, tipo="memory", engine=engine) as tracker:
+        tracker.update_progress(2, "Tela 2")
+        raise RuntimeError("tela 3 quebrou")
+    assert tracker.last_envelope is not None
+    assert tracker.last_envelope["status"] == "error"
+    assert "tela 3 quebrou" in tracker.last_envelope["mensagem"]
+    assert tracker.last_envelope["etapa_atual"] == 2
+
+
+def test_events_after_the_end_are_ignored(session_id: str) -> None:
+    tracker = ProgressTracker(session_id=session_id, tipo="memory")
+    tracker.complete("fim")
+    assert tracker.update_progress(3, "tarde demais") is None
+    assert tracker.last_envelope is not None and tracker.last_envelope["status"] == "success"
+
+
+def test_http_tracker_publishes_through_the_service(server: LiveServer, session_id: str) -> None:
+    token = server.token(session_id, "publish")
+    with ProgressTracker(session_id=session_id, tipo="http", base_url=server.url, token=token) as tracker:
+        tracker.update_progress(1, "via http — ção")
+        final = tracker.complete("ok")
+    assert final is not None and final["status"] == "success" and final["id"]
+
+
+async def test_async_tracker_over_redis(redis_url: str, session_id: str) -> None:
+    async with AsyncProgressTracker(total_etapas=3, session_id=session_id, redis_url=redis_url) as tracker:
+        await tracker.update_progress(1, "um")
+        final = await tracker.complete("fim")
+    assert final is not None and final["status"] == "success"
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen(f"rpa:events:{{{session_id}}}") == 2
+    client.close()
