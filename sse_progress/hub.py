@@ -22,7 +22,9 @@ SUBSCRIBE_TIMEOUT = 10.0
 class Listener:
     """One client's view of a session's live events: a bounded buffer and a wake-up signal."""
 
-    __slots__ = ("_hub", "_wake", "frames", "needs_resync", "overflowed", "pending_bytes", "session_id", "transport")
+    __slots__ = (
+        "_hub", "_wake", "closing", "frames", "needs_resync", "overflowed", "pending_bytes", "session_id", "transport"
+    )  # fmt: skip
 
     def __init__(self, hub: Hub, session_id: str, transport: str) -> None:
         self._hub = hub
@@ -32,6 +34,7 @@ class Listener:
         self.pending_bytes = 0
         self.overflowed = False
         self.needs_resync = False
+        self.closing = False
         self._wake = asyncio.Event()
 
     def push(self, frame: Frame) -> None:
@@ -46,6 +49,14 @@ class Listener:
             self.frames.clear()
             self.pending_bytes = 0
             METRICS.slow_consumer_disconnects.inc()
+        self._wake.set()
+
+    def set(self) -> None:
+        """The server is shutting down: end this client's stream so it reconnects elsewhere.
+
+        Named ``set`` because sse-starlette signals shutdown by calling ``set()`` on the response's event.
+        """
+        self.closing = True
         self._wake.set()
 
     def resync(self) -> None:

@@ -25,6 +25,10 @@ class SlowConsumer(Exception):
     """The client's buffer overflowed; it must reconnect and resume from its last id."""
 
 
+class ServerClosing(Exception):
+    """The server is shutting down; the client should reconnect, to another instance if there is one."""
+
+
 @dataclass(slots=True)
 class Replay:
     frames: list[Frame] = field(default_factory=list)
@@ -98,6 +102,8 @@ class SessionStream:
         listener = self.listener
         while True:
             await listener.wait()
+            if listener.closing:
+                raise ServerClosing
             if listener.overflowed:
                 raise SlowConsumer
             if listener.needs_resync:

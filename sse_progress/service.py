@@ -32,5 +32,10 @@ class Service:
             raise ApiError(400, "invalid session id: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
         return session_id
 
+    def admit_connection(self) -> None:
+        """Refuse a new stream past SSE_PROGRESS_MAX_CONNECTIONS, before it costs anything."""
+        if self.hub.connections() >= self.settings.max_connections:
+            raise ApiError(503, "server at its connection limit; retry shortly", {"Retry-After": "5"})
+
     def authorize(self, connection: HTTPConnection, session_id: str, role: Role) -> Claims | None:
         return self.tokens.check(token_from(connection), session_id, role)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -12,8 +15,11 @@ from ..auth import Role
 from ..errors import ApiError
 from ..frames import retry_line
 from ..metrics import METRICS
-from ..replay import AlreadyFinished, SessionStream, SlowConsumer, plan_replay
+from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
+
+log = logging.getLogger("sse_progress.connections")
+SHUTDOWN_GRACE_SECONDS = 2.0
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
 
@@ -31,6 +37,7 @@ async def events(request: Request) -> Response:
         return await _poll(service, session_id, resume_id(request))
     if mode != "stream":
         raise ApiError(400, "mode must be 'stream' (the default) or 'poll'")
+    service.admit_connection()
     try:
         stream = await SessionStream.open(service.hub, session_id, resume_id(request), "sse")
     except AlreadyFinished:
@@ -41,23 +48,55 @@ async def events(request: Request) -> Response:
         ping=service.settings.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         sep="\n",
+        # sse-starlette calls set() on this at shutdown: the listener wakes and the stream says goodbye.
+        shutdown_event=stream.listener,  # type: ignore[arg-type]
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
     )
 
 
 async def _body(stream: SessionStream, retry_ms: int) -> AsyncIterator[bytes]:
     METRICS.open_connections.labels("sse").inc()
     delivered = METRICS.events_delivered.labels("sse")
+    started, sent, reason = time.monotonic(), 0, "client left"
     try:
         yield retry_line(retry_ms)
         async for batch in stream.batches():
             # One write per wake-up: frames that arrived together leave together.
             yield b"".join([frame.sse for frame in batch])
             delivered.inc(len(batch))
+            sent += len(batch)
+        reason = "finished"
     except SlowConsumer:
-        return  # the browser reconnects with Last-Event-ID and replays from the stream
+        reason = "too slow"  # the browser reconnects with Last-Event-ID and replays from the stream
+    except ServerClosing:
+        reason = "shutdown"
+        # Spread the reconnects so the remaining instances are not hit by all clients at once.
+        yield retry_line(random.randint(250, 2000))
     finally:
         stream.close()
         METRICS.open_connections.labels("sse").dec()
+        _log_close(stream, "sse", started, sent, reason)
+
+
+def _log_close(stream: SessionStream, transport: str, started: float, sent: int, reason: str) -> None:
+    duration = time.monotonic() - started
+    log.info(
+        "closed %s stream of session %s after %.1fs, %d events sent (%s)",
+        transport,
+        stream.listener.session_id,
+        duration,
+        sent,
+        reason,
+        extra={
+            "fields": {
+                "session_id": stream.listener.session_id,
+                "transport": transport,
+                "duration": round(duration, 3),
+                "events_sent": sent,
+                "reason": reason,
+            }
+        },
+    )
 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:

@@ -28,8 +28,10 @@ async def session_socket(websocket: WebSocket) -> None:
     try:
         session_id = service.session_id(websocket)
         service.authorize(websocket, session_id, Role.SUBSCRIBE)
+        service.admit_connection()
     except ApiError as error:
-        await websocket.close(CLOSE_POLICY, reason=error.message[:120])
+        code = CLOSE_TRY_AGAIN if error.status == 503 else CLOSE_POLICY
+        await websocket.close(code, reason=error.message[:120])
         return
     await websocket.accept()
     await _send(
