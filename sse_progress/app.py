@@ -19,6 +19,7 @@ from .config import Settings
 from .engines import Engine, EngineUnavailable, create_engine
 from .errors import ApiError, error_response, handle_api_error
 from .hub import Hub
+from .ratelimit import RateLimiter
 from .service import Service
 from .transports import ops, publish, snapshot, sse, ws
 
@@ -71,7 +72,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings)
     hub = Hub(engine, settings.buffer_events, settings.buffer_bytes)
-    service = Service(settings, engine, hub, TokenAuthority(settings.secrets, settings.insecure))
+    service = Service(
+        settings, engine, hub, TokenAuthority(settings.secrets, settings.insecure), RateLimiter(settings.publish_rate)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

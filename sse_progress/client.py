@@ -30,7 +30,7 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -149,7 +149,9 @@ class _Follower:
             else:
                 floor = parse_event_id(last_event_id)
                 if floor is None:
-                    raise ValueError(f"last_event_id must be an event id such as 1732530000000-0, got {last_event_id!r}")
+                    raise ValueError(
+                        f"last_event_id must be an event id such as 1732530000000-0, got {last_event_id!r}"
+                    )
                 self.resume, self.floor = last_event_id, floor
 
     # ------------------------------------------------------------------------------------------------ time
@@ -217,7 +219,7 @@ class _Follower:
         await asyncio.sleep(delay)
 
 
-async def follow(
+def follow(
     base_url: str,
     session_id: str,
     token: str | None,
@@ -229,7 +231,7 @@ async def follow(
     read_timeout: float = 60.0,
     client: httpx.AsyncClient | None = None,
     on_reconnect: Callable[[Reconnect], None] | None = None,
-) -> AsyncIterator[Envelope]:
+) -> AsyncGenerator[Envelope, None]:
     """Yield the envelopes of session ``session_id`` from the server at ``base_url`` until the session ends.
 
     :param base_url: the server's origin and path prefix, e.g. ``https://progress.example.com``.
@@ -249,7 +251,8 @@ async def follow(
     :param on_reconnect: called with a ``Reconnect`` before each wait for a new connection (for status lines).
     :raises FollowError: the server refused the request with a status a retry cannot fix.
     :raises FollowTimeout: ``timeout`` elapsed first.
-    :raises ValueError: ``last_event_id`` is not an event id, ``"0"`` or ``"earliest"``.
+    :raises ValueError: (at once, not on iteration) ``last_event_id`` is not an event id, ``"0"`` or
+        ``"earliest"``, or a delay or timeout is negative.
 
     Close the iterator (``contextlib.aclosing``) if you stop before the end, so that the connection is closed
     at once rather than when the iterator is garbage-collected.
@@ -264,6 +267,10 @@ async def follow(
         read_timeout,
         on_reconnect,
     )
+    return _run(state, client)
+
+
+async def _run(state: _Follower, client: httpx.AsyncClient | None) -> AsyncGenerator[Envelope, None]:
     state.start_clock()
     async with AsyncExitStack() as stack:
         if client is None:

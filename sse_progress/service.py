@@ -12,6 +12,7 @@ from .engines import Engine
 from .errors import ApiError
 from .events import is_valid_session_id
 from .hub import Hub
+from .ratelimit import RateLimiter
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Service:
     engine: Engine
     hub: Hub
     tokens: TokenAuthority
+    publish_limiter: RateLimiter
 
     @staticmethod
     def of(connection: HTTPConnection) -> Service:
@@ -36,6 +38,17 @@ class Service:
         """Refuse a new stream past SSE_PROGRESS_MAX_CONNECTIONS, before it costs anything."""
         if self.hub.connections() >= self.settings.max_connections:
             raise ApiError(503, "server at its connection limit; retry shortly", {"Retry-After": "5"})
+
+    def limit_publishing(self, connection: HTTPConnection, session_id: str) -> None:
+        # Per token and session: a wildcard publisher token serving many jobs gets a budget per job.
+        who = token_from(connection) or (connection.client.host if connection.client else "unknown")
+        wait = self.publish_limiter.retry_after(f"{who}\n{session_id}")
+        if wait > 0:
+            raise ApiError(
+                429,
+                f"too many events: at most {self.settings.publish_rate:g} per second per token and session",
+                {"Retry-After": str(max(1, round(wait)))},
+            )
 
     def authorize(self, connection: HTTPConnection, session_id: str, role: Role) -> Claims | None:
         return self.tokens.check(token_from(connection), session_id, role)

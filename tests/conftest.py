@@ -121,6 +121,7 @@ class LiveServer:
             "SSE_PROGRESS_HEARTBEAT": "1",
             "SSE_PROGRESS_RETRY_MS": "500",
             "SSE_PROGRESS_POLL_MS": "300",
+            "SSE_PROGRESS_PUBLISH_RATE": "0",
             **(env or {}),
         }
         if redis_url:

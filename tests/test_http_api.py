@@ -200,3 +200,25 @@ async def test_heartbeat_comment_keeps_an_idle_stream_alive(
         chunks = r.aiter_raw()
         assert (await anext(chunks)).startswith(b"retry:")
         assert await anext(chunks) == b": ping\n\n"  # SSE_PROGRESS_HEARTBEAT=1 in the test server
+
+
+async def test_publishing_faster_than_the_rate_limit_gets_429_with_retry_after(redis_url: str, session_id: str) -> None:
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_PUBLISH_RATE": "2"})
+    live.start()
+    try:
+        async with httpx.AsyncClient(base_url=live.url, timeout=5) as http:
+            headers = bearer(live.token(session_id, "publish"))
+            statuses = [
+                (await http.post(f"/sessions/{session_id}/events", json={"etapa_atual": n, "total_etapas": 9},
+                                 headers=headers)).status_code
+                for n in range(8)
+            ]  # fmt: skip
+            assert statuses[:4] == [201] * 4 and 429 in statuses[4:]
+            limited = await http.post(
+                f"/sessions/{session_id}/events", json={"etapa_atual": 1, "total_etapas": 9}, headers=headers
+            )
+            assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+            history = await http.get(f"/sessions/{session_id}/history", headers=headers)
+            assert len(history.json()["events"]) == statuses.count(201)
+    finally:
+        live.stop()

@@ -71,6 +71,7 @@ async def publish(request: Request) -> Response:
     service = Service.of(request)
     session_id = service.session_id(request)
     service.authorize(request, session_id, Role.PUBLISH)
+    service.limit_publishing(request, session_id)
     draft = draft_from_body(session_id, await read_limited_body(request))
     try:
         with METRICS.publish_latency.time():
