@@ -159,6 +159,12 @@ def publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def watch(args: argparse.Namespace) -> int:
+    from .watch import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sse-progress", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None)
     p.add_argument("--redis-url", default=None)
     p.set_defaults(func=publish)
+
+    p = commands.add_parser(
+        "watch",
+        help="follow a session: a progress bar, plain lines when piped, or --json",
+        epilog="exit status: 0 success, 1 error, 2 cancelled, 3 --timeout elapsed, 4 token refused (401/403), "
+        "5 other failure, 130 interrupted",
+    )
+    p.add_argument("session")
+    p.add_argument("--url", default=None, help="the server (default: $SSE_PROGRESS_URL, else http://127.0.0.1:$PORT)")
+    p.add_argument("--token", default=None, help="default: $SSE_PROGRESS_TOKEN, else minted with SSE_PROGRESS_SECRET")
+    p.add_argument("--timeout", type=float, default=None, help="give up after SECONDS (exit 3)", metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="print each event as one JSON line instead of a bar")
+    p.add_argument("--last-event-id", default=None, help="resume after this event id; 0 replays the history")
+    p.set_defaults(func=watch)
     return parser
 
 

@@ -26,7 +26,7 @@ SCREENS = (
     "Cotação final",
 )
 
-ESTIMATES = (
+ESTIMATES: tuple[dict[str, str | float], ...] = (
     {"seguradora": "Porto", "valor": 2841.90, "franquia": 3500.0},
     {"seguradora": "Azul", "valor": 2399.50, "franquia": 4200.0},
     {"seguradora": "Allianz", "valor": 3012.00, "franquia": 3100.0},

@@ -14,6 +14,7 @@ file, and goes on.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import secrets
@@ -146,6 +147,18 @@ class ProgressTracker(_TrackerBase):
         elif tipo == "memory":
             self._sink = MemorySink(engine or self._local)
 
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace, total_etapas: int = 15) -> ProgressTracker:
+        """A tracker configured by the options of ``add_progress_arguments``."""
+        return cls(
+            total_etapas,
+            args.session,
+            args.progress_tracker,
+            args.redis_url,
+            base_url=getattr(args, "progress_url", None),
+            token=getattr(args, "progress_token", None),
+        )
+
     def update_progress(
         self, etapa: int, mensagem: str = "", dados_extra: dict[str, Any] | None = None, status: str = "running"
     ) -> dict[str, Any] | None:
@@ -190,7 +203,11 @@ class ProgressTracker(_TrackerBase):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc is not None and not self.finished:
-            self.fail(f"{exc_type.__name__ if exc_type else 'Error'}: {exc}")
+            outcome = _outcome_of(exc)
+            if outcome == "cancelled":
+                self.cancel("Interrompido")
+            elif outcome == "error":
+                self.fail(f"{type(exc).__name__}: {exc}")
         self.close()
 
 
@@ -277,8 +294,21 @@ class AsyncProgressTracker(_TrackerBase):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc is not None and not self.finished:
-            await self.fail(f"{exc_type.__name__ if exc_type else 'Error'}: {exc}")
+            outcome = _outcome_of(exc)
+            if outcome == "cancelled":
+                await self.cancel("Interrompido")
+            elif outcome == "error":
+                await self.fail(f"{type(exc).__name__}: {exc}")
         await self.aclose()
+
+
+def _outcome_of(exc: BaseException) -> str | None:
+    """How an exception leaving the ``with`` block ends the session: interrupted, failed, or left as is."""
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        return "cancelled"
+    if isinstance(exc, SystemExit):
+        return None if exc.code in (0, None) else "error"
+    return "error"
 
 
 def _required(value: str | None, name: str) -> str:
@@ -288,9 +318,23 @@ def _required(value: str | None, name: str) -> str:
 
 
 def add_progress_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--progress-tracker``, ``--session`` and ``--redis-url`` to a job's argument parser."""
+    """Add ``--progress-tracker``, ``--session`` and ``--redis-url`` to a job's argument parser.
+
+    Also ``--progress-url`` and ``--progress-token`` for ``--progress-tracker http``. Pass them all on with
+    ``ProgressTracker.from_arguments(args, total_etapas=15)``.
+    """
     group = parser.add_argument_group("progress")
     group.add_argument("--progress-tracker", choices=TIPOS, default="redis", help="where progress goes")
     group.add_argument("--session", default=None, help="session id (default: a new random one)")
     group.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="Redis URL (default: $REDIS_URL)")
+    group.add_argument(
+        "--progress-url",
+        default=os.environ.get("SSE_PROGRESS_URL"),
+        help="server URL for http (default: $SSE_PROGRESS_URL)",
+    )
+    group.add_argument(
+        "--progress-token",
+        default=os.environ.get("SSE_PROGRESS_TOKEN"),
+        help="publisher token for http (default: $SSE_PROGRESS_TOKEN)",
+    )
     return parser

@@ -99,3 +99,29 @@ async def test_async_tracker_over_redis(redis_url: str, session_id: str) -> None
     client = redis.Redis.from_url(redis_url)
     assert client.xlen(f"rpa:events:{{{session_id}}}") == 2
     client.close()
+
+
+def test_interrupting_the_job_reports_cancelled_and_a_clean_exit_reports_nothing(session_id: str) -> None:
+    with pytest.raises(KeyboardInterrupt), ProgressTracker(session_id=session_id, tipo="memory") as tracker:
+        tracker.update_progress(2, "Tela 2")
+        raise KeyboardInterrupt
+    assert tracker.last_envelope is not None and tracker.last_envelope["status"] == "cancelled"
+    with pytest.raises(SystemExit), ProgressTracker(session_id=session_id + "b", tipo="memory") as quiet:
+        quiet.update_progress(1, "Tela 1")
+        raise SystemExit(0)
+    assert quiet.last_envelope is not None and quiet.last_envelope["status"] == "running"
+
+
+def test_add_progress_arguments_configures_an_http_tracker(server: LiveServer, session_id: str) -> None:
+    import argparse
+
+    from sse_progress import add_progress_arguments
+
+    parser = add_progress_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(
+        ["--progress-tracker", "http", "--session", session_id, "--progress-url", server.url,
+         "--progress-token", server.token(session_id, "publish")]
+    )  # fmt: skip
+    tracker = ProgressTracker.from_arguments(args, total_etapas=3)
+    event = tracker.update_progress(1, "via argumentos")
+    assert event is not None and event["id"] and event["session_id"] == session_id

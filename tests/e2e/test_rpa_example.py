@@ -25,8 +25,11 @@ import pytest
 from examples.rpa_quote.job import chromium_executable, respostas_do_roteiro
 from examples.rpa_quote.quote_site import TOTAL_TELAS, cotacao_final, estimativas
 
+pytestmark = pytest.mark.e2e
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB_TIMEOUT_S = 90.0  # generous: a cold Chromium on a loaded CI machine; a normal run takes a few seconds
+EXIT_GRACE_S = 10.0  # how long the stream may stay open after the job exited (see follow_session)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,15 +106,24 @@ def follow_session(server: Any, job: Job) -> list[Frame]:
     url = f"{server.url}/sessions/{job.session_id}/events"
     params = {"token": server.token(job.session_id, role="subscribe"), "last_event_id": "earliest"}
     deadline = time.monotonic() + JOB_TIMEOUT_S
+    exited_at: float | None = None
     frames: list[Frame] = []
     fields: dict[str, str] = {}
     with httpx.stream("GET", url, params=params, timeout=httpx.Timeout(10.0, read=JOB_TIMEOUT_S)) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
-            # Heartbeat comments arrive while nothing else does, so this check runs even on a stalled job.
-            if time.monotonic() > deadline:
-                pytest.fail(f"no terminal event within {JOB_TIMEOUT_S}s; frames: {frames}\njob output:\n{job.log()}")
+            # Heartbeat comments arrive while nothing else does, so these checks run even on a stalled job.
+            now = time.monotonic()
+            if exited_at is None and job.process.poll() is not None:
+                exited_at = now
+            # A job publishes its terminal event before it exits: a stream still open well after the exit means
+            # the job died without one (a crash, an import error).
+            if now > deadline or (exited_at is not None and now - exited_at > EXIT_GRACE_S):
+                pytest.fail(
+                    f"the stream did not end (job exit status: {job.process.poll()}); frames: {frames}\n"
+                    f"job output:\n{job.log()}"
+                )
             if line.startswith(":"):
                 continue
             if line:
@@ -188,6 +200,7 @@ def test_job_reports_every_screen_the_estimates_and_the_final_quote(server: Any,
 @pytest.mark.parametrize(
     ("break_mode", "reason"),
     [("error", "página de erro: Erro 500"), ("no-button", "botão 'Continuar' não encontrado")],
+    ids=["error-page", "no-button"],
 )
 def test_a_broken_screen_fails_the_session_naming_the_screen(
     server: Any, start_job: Callable[..., Job], break_mode: str, reason: str
