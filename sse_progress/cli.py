@@ -9,6 +9,7 @@ import os
 import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from .logs import log_config
 from .tracker import new_session_id
 
 APP_FACTORY = "sse_progress.app:create_app"
+EXAMPLES_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _default_port() -> int:
@@ -72,6 +74,10 @@ def demo(args: argparse.Namespace) -> int:
     from .app import create_app
     from .demo import run_simulated_quote
 
+    if args.rpa and not (EXAMPLES_ROOT / "examples" / "rpa_quote" / "job.py").is_file():
+        print("sse-progress: --rpa runs examples/rpa_quote from a checkout of the repository", file=sys.stderr)
+        return 2
+
     secret = secrets.token_urlsafe(32)
     settings = Settings.from_env({"SSE_PROGRESS_HEARTBEAT": "15"}).with_overrides(secrets=(secret,))
     engine = MemoryEngine(history=settings.history, ttl=settings.ttl)
@@ -86,9 +92,14 @@ def demo(args: argparse.Namespace) -> int:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with inner_lifespan(app):
-            job = asyncio.create_task(run_simulated_quote(engine, session_id, args.step_seconds))
+            if args.rpa:
+                publisher_token = authority.issue(session_id, Role.PUBLISH, ttl=86400)
+                job = asyncio.create_task(run_rpa_example(base, session_id, publisher_token))
+            else:
+                job = asyncio.create_task(run_simulated_quote(engine, session_id, args.step_seconds))
             print(
-                f"\nsse-progress demo: a simulated 15-step quote job is running as session {session_id}\n\n"
+                f"\nsse-progress demo: {'the Playwright quote bot' if args.rpa else 'a simulated 15-step quote job'}"
+                f" is running as session {session_id}\n\n"
                 f"  Open the page:   {base}/?session={session_id}&token={token}\n"
                 f"  Or follow it:    curl -N '{base}/sessions/{session_id}/events"
                 f"?token={token}&last_event_id=earliest'\n"
@@ -104,6 +115,28 @@ def demo(args: argparse.Namespace) -> int:
     app.router.lifespan_context = lifespan
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
     return 0
+
+
+async def run_rpa_example(base_url: str, session_id: str, publisher_token: str) -> None:
+    """Start the example bot once the server accepts connections; it publishes over HTTP."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.rpa_quote.job", "--progress-tracker", "http", "--session", session_id,
+        "--progress-url", base_url, "--progress-token", publisher_token,
+        cwd=EXAMPLES_ROOT,
+    )  # fmt: skip
+    try:
+        await process.wait()
+    finally:
+        if process.returncode is None:
+            process.terminate()
 
 
 def token(args: argparse.Namespace) -> int:
@@ -184,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=_default_port())
     p.add_argument("--session", default=None)
     p.add_argument("--step-seconds", type=float, default=1.0, help="average time per simulated screen")
+    p.add_argument("--rpa", action="store_true", help="run the Playwright example bot (examples/rpa_quote)")
     p.set_defaults(func=demo)
 
     p = commands.add_parser("token", help="print a token for a session (uses SSE_PROGRESS_SECRET)")
