@@ -20,8 +20,10 @@ replace its state with the envelope). Guarantees:
   consecutive failure up to ``max_reconnect_delay``; a ``Retry-After`` header (``503``, ``429``) is honoured;
 * it ends after yielding the terminal envelope (``status`` ``success``, ``error`` or ``cancelled``), or at once
   when the server answers ``204`` (the session ended at or before the resume id);
-* a refusal that a retry cannot fix (``400``, ``401``, ``403``, any other ``4xx``) raises ``FollowError`` with
-  the status and the server's ``error`` message, without retrying.
+* a refusal that a retry cannot fix (``400``, ``401``, ``403``, any ``4xx`` but 408, 425 and 429) raises
+  ``FollowError`` with the status and the server's ``error`` message, without retrying;
+* a reset whose id is not newer than the last envelope yielded (the store went back in time, e.g. Redis
+  restored from an older backup) is not yielded: that id may have been yielded already.
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ def _error_message(response: httpx.Response, body: bytes) -> str:
         payload = json.loads(body)
     except ValueError:
         payload = None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-        return payload["error"]
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, str):
+        return error
     text = body.decode("utf-8", "replace").strip()
     return text[:200] if text else (response.reason_phrase or "no explanation given")
 
@@ -191,6 +194,16 @@ class _Follower:
     def advance(self, id_text: str, event_id: EventId) -> None:
         self.resume, self.floor, self.yielded_any = id_text, event_id, True
 
+    def streaming(self) -> None:
+        """The server accepted a stream. If we had no resume id, the next connection must not ask for a snapshot.
+
+        Without a resume id the server sends the latest state, so a follower that lost its first connection
+        before any event (the session had none yet) would skip the events published while it reconnected.
+        From now on it asks for the whole history instead: ``0``, until it has an id of its own.
+        """
+        if self.resume is None:
+            self.resume = "0"
+
     def headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
         if self.token:
@@ -212,7 +225,7 @@ class _Follower:
         if remaining is not None and delay >= remaining:
             # Waiting would outlive the deadline: sleep until it and report the timeout.
             await asyncio.sleep(remaining)
-            self.remaining()
+            raise FollowTimeout(f"the session did not end within {self.timeout:g} s")
         log.info("connection to %s ended (%s); reconnecting in %.2f s", self.url, reason, delay)
         if self.on_reconnect is not None:
             self.on_reconnect(Reconnect(self.failures, delay, reason, self.resume))
@@ -227,7 +240,7 @@ def follow(
     last_event_id: str | None = None,
     timeout: float | None = None,
     reconnect_delay: float = 1.0,
-    max_reconnect_delay: float = 30.0,
+    max_reconnect_delay: float = 15.0,
     read_timeout: float = 60.0,
     client: httpx.AsyncClient | None = None,
     on_reconnect: Callable[[Reconnect], None] | None = None,
@@ -276,7 +289,7 @@ async def _run(state: _Follower, client: httpx.AsyncClient | None) -> AsyncGener
         if client is None:
             client = await stack.enter_async_context(httpx.AsyncClient())
         while True:
-            connected_at = asyncio.get_running_loop().time()
+            opened_at: float | None = None
             delivered = False
             retry_after: float | None = None
             try:
@@ -297,6 +310,8 @@ async def _run(state: _Follower, client: httpx.AsyncClient | None) -> AsyncGener
                         raise httpx.HTTPStatusError(
                             f"HTTP {response.status_code}", request=response.request, response=response
                         )
+                    state.streaming()
+                    opened_at = asyncio.get_running_loop().time()
                     events = source.aiter_sse()
                     connection.push_async_callback(events.aclose)
                     while True:
@@ -323,7 +338,8 @@ async def _run(state: _Follower, client: httpx.AsyncClient | None) -> AsyncGener
                 reason = "stream ended"
             except (httpx.TransportError, httpx.HTTPStatusError, SSEError) as error:
                 reason = _describe(error)
-            healthy = delivered or asyncio.get_running_loop().time() - connected_at >= HEALTHY_SECONDS
+            lasted = 0.0 if opened_at is None else asyncio.get_running_loop().time() - opened_at
+            healthy = delivered or lasted >= HEALTHY_SECONDS
             await state.pause(reason, healthy, retry_after)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks for sse-progress (bench-only code; nothing here is imported by the service)."""
