@@ -31,7 +31,9 @@ class AsyncSink(Protocol):
 
 
 class RedisSink:
-    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
+    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool | None = None) -> None:
+        if verify_tls is None:
+            verify_tls = os.environ.get("SSE_PROGRESS_REDIS_TLS_VERIFY", "true").lower() not in ("0", "false", "no")
         options = connection_options(url, verify_tls)
         options["socket_timeout"] = 5
         self._client = redis.Redis.from_url(url, **options)
@@ -115,7 +117,7 @@ def _http_body(draft: EventDraft) -> bytes:
 def _http_envelope(draft: EventDraft, response: httpx.Response) -> bytes:
     if response.status_code == 409:
         raise SessionTerminal(draft.session_id, None)
-    if response.status_code >= 500:
+    if response.status_code >= 500 or response.status_code == 429:
         raise OSError(f"progress service answered {response.status_code}")  # transient: fall back, retry later
     if response.status_code != 201:
         raise HttpPublishError(f"progress service refused the event ({response.status_code}): {response.text}")
