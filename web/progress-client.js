@@ -381,13 +381,13 @@
      * One EventSource, streaming (poll=false) or in poll mode (poll=true). In poll mode the server ends every
      * response and the browser's reconnect (after the `retry:` delay, carrying Last-Event-ID) is the poll loop.
      */
-    _openEventSource(poll) {
+    _openEventSource(poll, keepState = false) {
       this._teardown();
       const alive = this._guard();
       const auto = this._opts.transport === "auto";
       const stall = this._opts.stallTimeout;
       this._setTransport(poll ? "poll" : "sse", poll ? "poll mode" : "streaming");
-      this._setState("connecting");
+      if (!keepState) this._setState("connecting");
 
       const es = new root.EventSource(this._eventsUrl(poll), { withCredentials: this._opts.withCredentials });
       const timers = new Set();
@@ -485,7 +485,7 @@
         // CONNECTING: the browser reconnects by itself (with Last-Event-ID) after the `retry:` delay. But its
         // URL is fixed: if it must now carry a resume id it has no Last-Event-ID for, open a new EventSource.
         if (opened && !messageSinceOpen && this._sawEmptySession()) {
-          this._openEventSource(poll);
+          this._openEventSource(poll, true);
           return;
         }
         if (poll) {
