@@ -106,7 +106,9 @@ def run_one(
         "--settle",
         "0.5" if quick else "3",
         "--drain",
-        "2" if quick else "8",
+        "2" if quick else "5",
+        "--max-drain",
+        "20" if quick else "90",
         "--warm-sleep",
         "0.3" if quick else "1",
         "--out",
@@ -124,7 +126,7 @@ def run_one(
         loadgen = subprocess.Popen(cmd, cwd=procs.ROOT)
         if profile:
             spies = start_profilers(server, name, scenario, spec, mark, loadgen)
-        limit = 240 + spec["duration"] * 2
+        limit = 360 + spec["duration"] * 2
         try:
             loadgen.wait(limit)
         except subprocess.TimeoutExpired:
@@ -249,6 +251,7 @@ def metric_rows(scenario: str) -> list[tuple[str, str, Any, bool]]:
         return [
             ("connections held", "live_after_settle", 0, False),
             ("connect time (s)", "connect_seconds", 2, True),
+            ("server CPU ms per new connection", "server_cpu_ms_per_connect", 2, True),
             ("RSS per connection (KB)", "rss_per_conn_kb", 1, True),
             ("server RSS idle / loaded (MB)", "rss_pair", 0, False),
             ("Redis connections per process", "redis_conns_loaded", 0, False),
@@ -260,6 +263,7 @@ def metric_rows(scenario: str) -> list[tuple[str, str, Any, bool]]:
         ("latency max (ms)", "latency_ms.max", 1, True),
         ("server CPU µs / delivery", "server_cpu_us_per_delivery", 1, True),
         ("server CPU (cores busy)", "server_cpu_util", 2, False),
+        ("whole machine busy (cores, of 2)", "machine_busy_cores", 2, False),
         ("delivered / expected", "delivered_pair", 0, False),
         ("lost / duplicated", "lost_pair", 0, False),
         ("clients never served", "clients_never_served", 0, False),
@@ -357,6 +361,8 @@ def chart(results: dict[str, dict[str, dict[str, Any]]], targets: list[str], pat
         ax.set_xticks([j + width * (len(targets) - 1) / 2 for j in range(len(series))])
         ax.set_xticklabels([f"({s})" for s, _ in series])
         ax.set_title(label, fontsize=10)
+        if "latency" in label or "storm" in label:
+            ax.set_yscale("log")
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
