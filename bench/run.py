@@ -53,10 +53,10 @@ FULL: dict[str, dict[str, Any]] = {
     },
 }
 QUICK: dict[str, dict[str, Any]] = {
-    "a": {"conns": 500, "sessions": 5, "rate": 2000, "duration": 2, "title": "500 conns / 5 sessions @ 2k/s"},
+    "a": {"conns": 300, "sessions": 3, "rate": 2000, "duration": 2, "title": "300 conns / 3 sessions @ 2k/s"},
     "b": {"conns": 200, "sessions": 2, "rate": 5000, "duration": 2, "title": "200 conns / 2 sessions @ 5k/s"},
-    "c": {"conns": 1000, "sessions": 10, "rate": 0, "duration": 0, "title": "1k idle connections"},
-    "d": {"conns": 500, "sessions": 5, "rate": 1000, "duration": 3, "storm_at": 1, "title": "storm, 500 clients"},
+    "c": {"conns": 500, "sessions": 5, "rate": 0, "duration": 0, "title": "500 idle connections"},
+    "d": {"conns": 300, "sessions": 3, "rate": 1000, "duration": 3, "storm_at": 1, "title": "storm, 300 clients"},
 }
 
 
