@@ -178,7 +178,9 @@ def publish(args: argparse.Namespace) -> int:
                 return 2
             envelope = HttpSink(args.url, token).send(draft)
         elif redis_url:
-            envelope = RedisSink(redis_url, settings.prefix, settings.history, settings.ttl).send(draft)
+            envelope = RedisSink(
+                redis_url, settings.prefix, settings.history, settings.ttl, settings.redis_verify_tls
+            ).send(draft)
         else:
             print("sse-progress: give --url (a running server) or --redis-url / REDIS_URL", file=sys.stderr)
             return 2

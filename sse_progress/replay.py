@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from .engines import Engine
-from .events import ZERO_ID, EventId, parse_event_id
+from .events import ZERO_ID, EventId, format_event_id, parse_event_id
 from .frames import Frame
 from .hub import Hub, Listener
 from .metrics import METRICS
@@ -124,7 +124,7 @@ class SessionStream:
 
     async def _resync(self) -> list[Frame]:
         """Messages may have been lost while the feed was down: re-read everything after the last id sent."""
-        resume = None if self.last_id is None else f"{self.last_id[0]}-{self.last_id[1]}"
+        resume = None if self.last_id is None else format_event_id(self.last_id)
         replay = await plan_replay(self.engine, self.listener.session_id, resume)
         METRICS.events_replayed.inc(len(replay.frames))
         if self.last_id is None:

@@ -31,9 +31,7 @@ class AsyncSink(Protocol):
 
 
 class RedisSink:
-    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool | None = None) -> None:
-        if verify_tls is None:
-            verify_tls = os.environ.get("SSE_PROGRESS_REDIS_TLS_VERIFY", "true").lower() not in ("0", "false", "no")
+    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
         options = connection_options(url, verify_tls)
         options["socket_timeout"] = 5
         self._client = redis.Redis.from_url(url, **options)

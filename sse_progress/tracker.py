@@ -27,6 +27,7 @@ import httpx
 import orjson
 from redis.exceptions import RedisError
 
+from .config import Settings
 from .engines import Engine, EngineUnavailable, MemoryEngine, SessionTerminal
 from .events import EventDraft
 from .sinks import (
@@ -45,6 +46,7 @@ log = logging.getLogger("sse_progress.tracker")
 
 Tipo = Literal["redis", "json", "http", "memory"]
 TIPOS = ("redis", "json", "http", "memory")
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 UNREACHABLE = (RedisError, OSError, httpx.TransportError, EngineUnavailable)
 
 
@@ -135,12 +137,13 @@ class ProgressTracker(_TrackerBase):
         super().__init__(total_etapas, session_id, tipo, json_dir)
         self._sink: Sink | None = None
         if tipo == "redis":
-            url = redis_url or os.environ.get("REDIS_URL") or "redis://localhost:6379/0"
+            settings = _redis_settings(redis_url, prefix, history, ttl)
             self._sink = RedisSink(
-                url,
-                prefix or os.environ.get("SSE_PROGRESS_PREFIX") or "rpa",
-                history or int(os.environ.get("SSE_PROGRESS_HISTORY") or 1000),
-                ttl or int(os.environ.get("SSE_PROGRESS_TTL") or 86400),
+                settings.redis_url or DEFAULT_REDIS_URL,
+                settings.prefix,
+                settings.history,
+                settings.ttl,
+                settings.redis_verify_tls,
             )
         elif tipo == "http":
             self._sink = HttpSink(_required(base_url, "base_url"), _required(token, "token"))
@@ -202,12 +205,10 @@ class ProgressTracker(_TrackerBase):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None and not self.finished:
-            outcome = _outcome_of(exc)
-            if outcome == "cancelled":
-                self.cancel("Interrompido")
-            elif outcome == "error":
-                self.fail(f"{type(exc).__name__}: {exc}")
+        report = _final_report(exc) if exc is not None and not self.finished else None
+        if report is not None:
+            status, mensagem = report
+            self.update_progress(self.etapa_atual, mensagem, status=status)
         self.close()
 
 
@@ -237,11 +238,13 @@ class AsyncProgressTracker(_TrackerBase):
         elif tipo == "redis":
             from .engines.redis import RedisEngine
 
+            settings = _redis_settings(redis_url, prefix, history, ttl)
             self._owned_engine = RedisEngine(
-                redis_url or os.environ.get("REDIS_URL") or "redis://localhost:6379/0",
-                prefix=prefix or os.environ.get("SSE_PROGRESS_PREFIX") or "rpa",
-                history=history or int(os.environ.get("SSE_PROGRESS_HISTORY") or 1000),
-                ttl=ttl or int(os.environ.get("SSE_PROGRESS_TTL") or 86400),
+                settings.redis_url or DEFAULT_REDIS_URL,
+                prefix=settings.prefix,
+                history=settings.history,
+                ttl=settings.ttl,
+                verify_tls=settings.redis_verify_tls,
             )
             self._sink = EngineSink(self._owned_engine)
         elif tipo == "http":
@@ -293,22 +296,25 @@ class AsyncProgressTracker(_TrackerBase):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None and not self.finished:
-            outcome = _outcome_of(exc)
-            if outcome == "cancelled":
-                await self.cancel("Interrompido")
-            elif outcome == "error":
-                await self.fail(f"{type(exc).__name__}: {exc}")
+        report = _final_report(exc) if exc is not None and not self.finished else None
+        if report is not None:
+            status, mensagem = report
+            await self.update_progress(self.etapa_atual, mensagem, status=status)
         await self.aclose()
 
 
-def _outcome_of(exc: BaseException) -> str | None:
-    """How an exception leaving the ``with`` block ends the session: interrupted, failed, or left as is."""
+def _redis_settings(redis_url: str | None, prefix: str | None, history: int | None, ttl: int | None) -> Settings:
+    """The server's environment settings (README's table), with the tracker's own arguments taking precedence."""
+    return Settings.from_env().with_overrides(redis_url=redis_url, prefix=prefix, history=history, ttl=ttl)
+
+
+def _final_report(exc: BaseException) -> tuple[str, str] | None:
+    """(status, mensagem) an exception leaving the ``with`` block ends the session with; None leaves it as is."""
     if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-        return "cancelled"
-    if isinstance(exc, SystemExit):
-        return None if exc.code in (0, None) else "error"
-    return "error"
+        return "cancelled", "Interrompido"
+    if isinstance(exc, SystemExit) and exc.code in (0, None):
+        return None
+    return "error", f"{type(exc).__name__}: {exc}"
 
 
 def _required(value: str | None, name: str) -> str:

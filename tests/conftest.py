@@ -40,7 +40,30 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> 
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
-class RedisServer:
+class ManagedProcess:
+    """A server in a subprocess that a test can stop (or kill) and start again."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        self.process.wait(15)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class RedisServer(ManagedProcess):
     """A redis-server of the test suite's own, restartable (optionally with AOF persistence)."""
 
     def __init__(self, persistent: bool = False) -> None:
@@ -51,7 +74,6 @@ class RedisServer:
         self.port = free_port()
         self.persistent = persistent
         self.directory = tempfile.mkdtemp(prefix="sse-progress-redis-")
-        self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
@@ -76,16 +98,6 @@ class RedisServer:
         wait_until(lambda: _pings(client), STARTUP_TIMEOUT, f"redis-server on port {self.port}")
         client.close()
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
 
 def _pings(client: redis.Redis) -> bool:
     try:
@@ -106,7 +118,7 @@ def redis_url() -> Iterator[str]:
     server.stop()
 
 
-class LiveServer:
+class LiveServer(ManagedProcess):
     """``uvicorn sse_progress.app:create_app`` in a subprocess, on a fixed port across restarts."""
 
     def __init__(self, redis_url: str | None, env: dict[str, str] | None = None) -> None:
@@ -128,7 +140,6 @@ class LiveServer:
             self.env["REDIS_URL"] = redis_url
         else:
             self.env.pop("REDIS_URL", None)
-        self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(tempfile.mkstemp(prefix="sse-progress-server-", suffix=".log")[1])
 
     def start(self) -> None:
@@ -163,20 +174,6 @@ class LiveServer:
             return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
         except httpx.HTTPError:
             return False
-
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if kill:
-            self.process.kill()
-        else:
-            self.process.terminate()
-        self.process.wait(15)
-        self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def token(self, session_id: str, role: str | Role = Role.SUBSCRIBE, ttl: int = 3600) -> str:
         return self.tokens.issue(session_id, Role(role), ttl)

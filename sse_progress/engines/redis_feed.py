@@ -94,7 +94,7 @@ class RedisFeed(Feed):
                 await pubsub.subscribe(self._keys.control_channel)
                 self._pubsub = pubsub
                 # Every pending waiter is now served by this connection's single SUBSCRIBE per session.
-                for _session_id, groups in self._waiters.items():
+                for groups in self._waiters.values():
                     merged = [future for group in groups for future in group]
                     groups.clear()
                     if merged:

@@ -75,11 +75,12 @@ async def _body(stream: SessionStream, retry_ms: int) -> AsyncIterator[bytes]:
     finally:
         stream.close()
         METRICS.open_connections.labels("sse").dec()
-        _log_close(stream, "sse", started, sent, reason)
+        _log_close(stream, started, sent, reason)
 
 
-def _log_close(stream: SessionStream, transport: str, started: float, sent: int, reason: str) -> None:
+def _log_close(stream: SessionStream, started: float, sent: int, reason: str) -> None:
     duration = time.monotonic() - started
+    transport = stream.listener.transport
     log.info(
         "closed %s stream of session %s after %.1fs, %d events sent (%s)",
         transport,

@@ -10,7 +10,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..auth import Role
 from ..engines import EngineUnavailable
 from ..errors import ApiError
-from ..events import now_iso
+from ..events import format_event_id, now_iso
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, SessionStream, SlowConsumer
 from ..service import Service
@@ -112,7 +112,7 @@ def _answer(raw: str | bytes, service: Service, stream: SessionStream) -> dict[s
             "type": "status_response",
             "session_id": stream.listener.session_id,
             "connections": service.hub.connections(stream.listener.session_id),
-            "last_event_id": None if last is None else f"{last[0]}-{last[1]}",
+            "last_event_id": None if last is None else format_event_id(last),
             "status": stream.status,
         }
     return {"type": "error", "error": f"unknown message type {kind!r}: use ping or status_request"}

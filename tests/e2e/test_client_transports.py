@@ -85,6 +85,11 @@ def check_every_event_once(log: dict[str, Any], stored: list[str]) -> None:
     assert {frame["kind"] for frame in log["frames"]} == {"progress_update"}
     assert [frame["etapa"] for frame in log["frames"]] == [*range(1, TOTAL_ETAPAS + 1), TOTAL_ETAPAS]
     assert log["ends"] == [{"status": "success", "id": stored[-1], "lastEventId": stored[-1]}]
+    assert_closed_cleanly(log)
+
+
+def assert_closed_cleanly(log: dict[str, Any]) -> None:
+    """The client ended by itself, reported no error and left no connection or timer behind."""
     assert log["states"][-1] == "closed"
     assert log["errors"] == []
     assert log["leftovers"] == 0
@@ -197,9 +202,7 @@ def test_resuming_after_the_terminal_event_ends_at_once(
     log = finished_log(page)
     assert log["frames"] == []
     assert log["ends"] == [{"status": "success", "id": terminal_id, "lastEventId": terminal_id}]
-    assert log["states"][-1] == "closed"
-    assert log["errors"] == []
-    assert log["leftovers"] == 0
+    assert_closed_cleanly(log)
 
 
 @pytest.mark.parametrize("transport", ["auto", "sse", "ws", "poll"])
