@@ -1,4 +1,4 @@
-"""``sse-progress``: serve, demo, token, publish."""
+"""``sse-progress``: serve, demo, token, publish, watch."""
 
 from __future__ import annotations
 
