@@ -10,6 +10,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 from starlette.applications import Starlette
@@ -23,6 +24,16 @@ from .tracker import new_session_id
 
 APP_FACTORY = "sse_progress.app:create_app"
 EXAMPLES_ROOT = Path(__file__).resolve().parent.parent
+# sysexits.h's EX_USAGE: argparse's own 2 would read as "cancelled" to a script that runs `watch`.
+EXIT_USAGE = 64
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Exits with EXIT_USAGE on a usage error; subcommand parsers are created with the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _default_port() -> int:
@@ -201,7 +212,7 @@ def watch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sse-progress", description=__doc__)
+    parser = _ArgumentParser(prog="sse-progress", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("serve", help="run the server (uvicorn)")
@@ -245,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "watch",
         help="follow a session: a progress bar, plain lines when piped, or --json",
         epilog="exit status: 0 success, 1 error, 2 cancelled, 3 --timeout elapsed, 4 token refused (401/403), "
-        "5 other failure, 130 interrupted",
+        "5 other failure, 64 usage error, 130 interrupted",
     )
     p.add_argument("session")
     p.add_argument("--url", default=None, help="the server (default: $SSE_PROGRESS_URL, else http://127.0.0.1:$PORT)")

@@ -1,4 +1,5 @@
-"""The command line: serve refuses to start without a secret, token and publish work end to end."""
+"""The command line: serve refuses to start without a secret, token and publish work end to end, and a usage
+error exits with 64 (EX_USAGE), never with watch's 2 ("cancelled")."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from sse_progress.auth import Role, TokenAuthority
 
@@ -66,3 +68,34 @@ def test_publish_over_http_with_the_secret(server: LiveServer, session_id: str) 
 def test_publish_rejects_an_invalid_status() -> None:
     result = run_cli("publish", "abc", "--etapa", "1", "--status", "done", "--redis-url", "redis://127.0.0.1:1")
     assert result.returncode == 2 and "status" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        ((), "required: command"),
+        (("follow", "abc"), "invalid choice: 'follow'"),
+        (("serve", "--port", "eighty"), "argument --port: invalid int value"),
+        (("demo", "--step-seconds", "fast"), "argument --step-seconds: invalid float value"),
+        (("token",), "required: session"),
+        (("token", "abc", "--publish", "--admin"), "not allowed with argument --publish"),
+        (("publish", "abc"), "required: --etapa"),
+        (("watch",), "required: session"),
+        (("watch", "abc", "--timeout", "soon"), "argument --timeout: invalid float value"),
+        (("watch", "abc", "--follow"), "unrecognized arguments: --follow"),
+    ],
+    ids=["no-command", "unknown-command", "serve", "demo", "token", "token-roles", "publish", "watch",
+         "watch-timeout", "watch-unknown-option"],
+)  # fmt: skip
+def test_a_usage_error_exits_64_with_the_usage(args: tuple[str, ...], complaint: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 64, result
+    assert result.stderr.startswith("usage: sse-progress"), result.stderr
+    assert complaint in result.stderr
+    assert result.stdout == ""
+
+
+def test_watch_help_exits_0_and_lists_the_exit_statuses() -> None:
+    result = run_cli("watch", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "2 cancelled" in result.stdout and "64 usage error" in result.stdout

@@ -1,5 +1,5 @@
 """End to end: the RPA example job drives Chromium through the sample quote site, publishes to a real Redis,
-and the server streams it back over SSE.
+and the server streams it back, over SSE to a raw reader and to the demo page open in a second Chromium.
 
 Needs Chromium (``/usr/bin/chromium`` or ``$SSE_PROGRESS_CHROMIUM``): without it these tests fail, they do
 not skip. Uses the ``server`` fixture of ``tests/conftest.py`` (a uvicorn of the app on a spawned Redis).
@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Page, expect
+from web_support import WAIT_MS, Console, record_what_the_page_shows, seen_on_the_page
 
-from examples.rpa_quote.job import chromium_executable, respostas_do_roteiro
-from examples.rpa_quote.quote_site import TOTAL_TELAS, cotacao_final, estimativas
+from examples.rpa_quote.job import ROTEIRO, chromium_executable, respostas_do_roteiro
+from examples.rpa_quote.quote_site import TOTAL_TELAS, brl, cotacao_final, estimativas
 
 pytestmark = pytest.mark.e2e
 
@@ -70,8 +72,8 @@ def start_job(server: Any, tmp_path: Path) -> Iterator[Callable[..., Job]]:
     """Starts ``python -m examples.rpa_quote.job`` publishing to the server's Redis under a fresh session."""
     jobs: list[Job] = []
 
-    def start(*extra_args: str, env: dict[str, str] | None = None) -> Job:
-        session_id = f"rpa-test-{uuid.uuid4().hex[:10]}"
+    def start(*extra_args: str, env: dict[str, str] | None = None, session_id: str | None = None) -> Job:
+        session_id = session_id or new_session_id()
         log_path = tmp_path / f"{session_id}.log"
         command = [
             sys.executable, "-m", "examples.rpa_quote.job",
@@ -92,6 +94,10 @@ def start_job(server: Any, tmp_path: Path) -> Iterator[Callable[..., Job]]:
         if job.process.poll() is None:
             job.process.kill()
             job.process.wait()
+
+
+def new_session_id() -> str:
+    return f"rpa-test-{uuid.uuid4().hex[:10]}"
 
 
 @dataclass(frozen=True)
@@ -228,3 +234,92 @@ def test_a_missing_chromium_fails_the_session_with_a_clear_message(
     assert progress == []
     assert terminal["status"] == "error"
     assert terminal["mensagem"] == f"Chromium não encontrado em {missing} (defina SSE_PROGRESS_CHROMIUM)"
+
+
+def test_the_demo_page_in_a_second_browser_shows_the_job_live(
+    server: Any, start_job: Callable[..., Job], page: Page, console: Console
+) -> None:
+    """What a person sees: the job drives its own Chromium through the quote site while another Chromium, this
+    test's, has the demo page open on the session from before the job starts."""
+    session_id = new_session_id()
+    page.goto(f"{server.url}/?session={session_id}&token={server.token(session_id)}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "streaming")
+    expect(page.locator("#transport")).to_have_text("Server-Sent Events")
+    record_what_the_page_shows(page)
+
+    job = start_job(session_id=session_id)
+    assert job.wait() == 0, job.log()
+
+    result = page.locator("#result")
+    expect(result).to_be_visible(timeout=WAIT_MS)
+    expect(result).to_have_attribute("data-state", "success")
+    expect(result.locator(".result-icon")).to_have_text("✓")
+    expect(page.locator("#result-title")).to_have_text("Concluído com sucesso")
+    expect(page.locator("#result-message")).to_have_text("Cotação concluída")
+    expect(page.locator("#percent")).to_have_text("100%")
+    expect(page.locator("#step")).to_have_text(f"{TOTAL_TELAS}/{TOTAL_TELAS}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "done")
+
+    # As it happened: "Abrindo o navegador" (step 0), each screen exactly once and in order, the estimates
+    # table with screen 5 (before screen 6), and the banner last.
+    seen = seen_on_the_page(page)
+    mensagens = ["Abrindo o navegador", *(passo.mensagem for passo in ROTEIRO)]
+    assert [value for kind, value in seen if kind == "message"] == [*mensagens, "Cotação concluída"], seen
+    assert [value for kind, value in seen if kind == "step"] == list(range(TOTAL_TELAS + 1)), seen
+    tela_5 = seen.index(("message", ROTEIRO[4].mensagem))
+    assert seen[tela_5 : tela_5 + 4] == [
+        ("message", ROTEIRO[4].mensagem), ("step", 5), ("estimates", 5), ("message", ROTEIRO[5].mensagem),
+    ], seen  # fmt: skip
+    assert [kind for kind, _ in seen].count("estimates") == 1, seen
+    assert seen[-1] == ("result", "success"), seen
+
+    # As it stays: the list of steps, the estimates the bot scraped and the final quote, in pt-BR.
+    steps = page.locator("#steps li")
+    assert steps.evaluate_all("items => items.map(i => Number(i.dataset.step))") == list(range(TOTAL_TELAS + 1))
+    assert steps.locator(".step-text").all_inner_texts() == mensagens
+
+    respostas = respostas_do_roteiro()
+    estimates = page.locator("#estimates")
+    expect(estimates.locator("thead th")).to_have_text(["Seguradora", "Valor", "Franquia"])
+    rows = estimates.locator("tbody tr").evaluate_all(
+        "rows => rows.map(r => Array.from(r.cells, c => c.innerText.replace(/\\u00a0/g, ' ')))"
+    )
+    assert rows == [[e["seguradora"], brl(e["valor"]), brl(e["franquia"])] for e in estimativas(respostas)]
+
+    cotacao = cotacao_final(respostas)
+    labels = page.locator("#final-quote dt").all_inner_texts()
+    values = [text.replace("\xa0", " ") for text in page.locator("#final-quote dd").all_inner_texts()]
+    assert dict(zip(labels, values, strict=True)) == {
+        "Número": cotacao["numero"],
+        "Seguradora": cotacao["seguradora"],
+        "Cobertura": cotacao["cobertura"],
+        "Prêmio total": brl(cotacao["premio_total"]),
+        "Franquia": brl(cotacao["franquia"]),
+        "Parcelas": str(cotacao["parcelas"]),
+        "Valor da parcela": brl(cotacao["valor_parcela"]),
+        "Forma de pagamento": cotacao["forma_pagamento"],
+    }
+    console.assert_quiet()
+
+
+def test_the_demo_page_names_the_screen_that_broke(
+    server: Any, start_job: Callable[..., Job], page: Page, console: Console
+) -> None:
+    session_id = new_session_id()
+    page.goto(f"{server.url}/?session={session_id}&token={server.token(session_id)}")
+    expect(page.locator("#connection")).to_have_attribute("data-state", "streaming")
+
+    job = start_job("--break-at", "7", session_id=session_id)
+    assert job.wait() == 1, job.log()
+
+    result = page.locator("#result")
+    expect(result).to_be_visible(timeout=WAIT_MS)
+    expect(result).to_have_attribute("data-state", "error")
+    expect(result).to_have_attribute("role", "alert")
+    expect(page.locator("#result-title")).to_have_text("O processo falhou")
+    expect(page.locator("#result-message")).to_contain_text("Tela 7 quebrou: o site respondeu com uma página de erro")
+    expect(page.locator("#progressbar")).to_have_attribute("data-status", "error")
+    steps = page.locator("#steps li").evaluate_all("items => items.map(i => Number(i.dataset.step))")
+    assert steps == list(range(7)), steps  # screens 1–6 went through, after "Abrindo o navegador"
+    expect(page.locator("#final-quote-card")).to_be_hidden()
+    console.assert_quiet()

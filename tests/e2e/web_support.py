@@ -77,6 +77,45 @@ def wait_for(page: Page, expression: str, arg: Any = None, message: str = "", ti
         raise AssertionError(f"timed out waiting for {message or expression}; the page has: {state}") from error
 
 
+# One observer over the parts of the demo page that change, so the records come in the order the user saw them:
+# every message shown in #message, every step added to #steps, every estimates table put in #estimates, and
+# the result banner appearing. Records, not the DOM at callback time: one callback may batch several renders.
+RECORD_WHAT_THE_PAGE_SHOWS = """() => {
+    const $ = (id) => document.getElementById(id);
+    const seen = (window.__seen = []);
+    const observer = new MutationObserver((records) => {
+        for (const record of records) {
+            const target = record.target;
+            if (target.id === "message") {
+                seen.push({ kind: "message", value: target.textContent });
+            } else if (target.id === "steps") {
+                for (const node of record.addedNodes) seen.push({ kind: "step", value: Number(node.dataset.step) });
+            } else if (target.tagName === "TBODY") {
+                const rows = [...record.addedNodes].filter((node) => node.tagName === "TR");
+                if (rows.length) seen.push({ kind: "estimates", value: rows.length });
+            } else if (target.id === "result" && !target.hidden) {
+                seen.push({ kind: "result", value: target.dataset.state });
+            }
+        }
+    });
+    observer.observe($("message"), { childList: true });
+    observer.observe($("steps"), { childList: true });
+    observer.observe($("estimates").tBodies[0], { childList: true });
+    observer.observe($("result"), { attributes: true, attributeFilter: ["hidden"] });
+}"""
+
+
+def record_what_the_page_shows(page: Page) -> None:
+    """From now on, keeps what the demo page shows, in order (see ``seen_on_the_page``)."""
+    page.evaluate(RECORD_WHAT_THE_PAGE_SHOWS)
+
+
+def seen_on_the_page(page: Page) -> list[tuple[str, Any]]:
+    """``[("message", "Tela 1: …"), ("step", 1), ("estimates", 5), …, ("result", "success")]``, in order."""
+    records = page.evaluate("() => window.__seen")
+    return [(record["kind"], record["value"]) for record in records]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
