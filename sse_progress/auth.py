@@ -59,7 +59,7 @@ class TokenAuthority:
         try:
             payload = self._serializer.loads(token)
             claims = Claims(str(payload["s"]), Role(payload["r"]), int(payload["e"]))
-        except (BadSignature, KeyError, TypeError, ValueError):
+        except (BadSignature, KeyError, TypeError, ValueError, OverflowError):
             raise ApiError(401, "invalid token: it is malformed or was not signed with this server's secret") from None
         if claims.expires < time.time():
             raise ApiError(401, "token expired: ask for a new one")

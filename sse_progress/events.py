@@ -18,6 +18,11 @@ STATUSES = ("pending", "running", "success", "error", "cancelled")
 TERMINAL_STATUSES = frozenset({"success", "error", "cancelled"})
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EVENT_ID_PATTERN = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
+# Both parts of a Redis stream id are unsigned 64-bit integers. The largest id is never an event's (ids come from
+# the clock) and Redis cannot read "after" it, so it is not accepted either.
+MAX_ID_PART = 2**64 - 1
+MAX_STEP = 2**53 - 1  # the largest integer every JSON reader (JavaScript's too) holds exactly
+MAX_DADOS_EXTRA_DEPTH = 64  # far below the JSON encoder's recursion limit, with room for the envelope around it
 
 EventId = tuple[int, int]
 ZERO_ID: EventId = (0, 0)
@@ -40,7 +45,10 @@ def parse_event_id(text: str) -> EventId | None:
     match = EVENT_ID_PATTERN.fullmatch(text)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2) or 0)
+    event_id = int(match.group(1)), int(match.group(2) or 0)
+    if max(event_id) > MAX_ID_PART or event_id == (MAX_ID_PART, MAX_ID_PART):
+        return None
+    return event_id
 
 
 def format_event_id(event_id: EventId) -> str:
@@ -92,6 +100,8 @@ class EventDraft:
         )
         if not self.timestamp:
             object.__setattr__(self, "timestamp", now_iso())
+        elif not _is_aware_iso_timestamp(self.timestamp):
+            raise InvalidEvent("timestamp", "must be an ISO 8601 date-time with an offset")
 
     @property
     def terminal(self) -> bool:
@@ -128,16 +138,62 @@ def validate_fields(
 ) -> None:
     if not isinstance(session_id, str) or not is_valid_session_id(session_id):
         raise InvalidEvent("session_id", "must match ^[A-Za-z0-9_-]{1,64}$")
-    if not _is_int(etapa_atual) or etapa_atual < 0:  # type: ignore[operator]
-        raise InvalidEvent("etapa_atual", "must be an integer >= 0")
-    if not _is_int(total_etapas) or total_etapas < 1:  # type: ignore[operator]
-        raise InvalidEvent("total_etapas", "must be an integer >= 1")
+    if not _is_int(etapa_atual) or not 0 <= etapa_atual <= MAX_STEP:  # type: ignore[operator]
+        raise InvalidEvent("etapa_atual", f"must be an integer from 0 to {MAX_STEP}")
+    if not _is_int(total_etapas) or not 1 <= total_etapas <= MAX_STEP:  # type: ignore[operator]
+        raise InvalidEvent("total_etapas", f"must be an integer from 1 to {MAX_STEP}")
     if status not in STATUSES:
         raise InvalidEvent("status", f"must be one of {', '.join(STATUSES)}")
     if not isinstance(mensagem, str):
         raise InvalidEvent("mensagem", "must be a string")
+    if not mensagem.isascii():
+        try:
+            mensagem.encode()
+        except UnicodeEncodeError:
+            raise InvalidEvent("mensagem", "must be valid Unicode text: no lone surrogates") from None
     if dados_extra is not None and not isinstance(dados_extra, dict):
         raise InvalidEvent("dados_extra", "must be a JSON object or null")
+    if dados_extra is not None:
+        _validate_dados_extra(dados_extra)
+
+
+def _validate_dados_extra(dados_extra: dict[str, Any]) -> None:
+    # The encoder refuses what JSON cannot carry and nesting past its recursion limit; refusing both here makes
+    # them a validation error instead of a failure when the event is stored or sent.
+    if _nesting_depth(dados_extra) > MAX_DADOS_EXTRA_DEPTH:
+        raise InvalidEvent("dados_extra", f"nested too deeply: at most {MAX_DADOS_EXTRA_DEPTH} levels")
+    try:
+        orjson.dumps(dados_extra)
+    except orjson.JSONEncodeError:
+        raise InvalidEvent("dados_extra", "must hold only JSON values, with string keys") from None
+
+
+def _nesting_depth(value: object) -> int:
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_DADOS_EXTRA_DEPTH:
+            return deepest
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _is_aware_iso_timestamp(timestamp: object) -> bool:
+    if not isinstance(timestamp, str):
+        return False
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return False
+    return moment.utcoffset() is not None
 
 
 def _is_int(value: object) -> bool:

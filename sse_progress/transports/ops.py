@@ -13,10 +13,58 @@ from ..service import Service
 
 
 async def healthz(request: Request) -> Response:
+    """
+    Liveness: the process answers.
+    ---
+    summary: Liveness
+    responses:
+      "200":
+        description: alive
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [status]
+              properties:
+                status:
+                  const: ok
+    """
     return JSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
+    """
+    Readiness: the event store answers.
+    ---
+    summary: Readiness
+    responses:
+      "200":
+        description: ready
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [status, engine]
+              properties:
+                status:
+                  const: ready
+                engine:
+                  type: string
+      "503":
+        description: the event store does not answer
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [status, engine, error]
+              properties:
+                status:
+                  const: unavailable
+                engine:
+                  type: string
+                error:
+                  type: string
+    """
     service = Service.of(request)
     try:
         await service.engine.ping()
@@ -26,11 +74,64 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """
+    Prometheus metrics (no session ids or tokens in labels).
+    ---
+    summary: Prometheus metrics
+    responses:
+      "200":
+        description: the Prometheus text format
+        content:
+          text/plain:
+            schema:
+              type: string
+    """
     METRICS.active_sessions.set(len(Service.of(request).hub.session_ids))
     return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def stats(request: Request) -> Response:
+    """
+    Sessions, connections and Redis figures (an admin token).
+    ---
+    summary: Server statistics
+    security:
+      - tokenQuery: []
+      - bearerToken: []
+      - tokenCookie: []
+    responses:
+      "200":
+        description: the figures of this process
+        content:
+          application/json:
+            schema:
+              type: object
+              required: [total_sessions, total_connections, connections_by_transport, redis]
+              properties:
+                total_sessions:
+                  type: integer
+                  minimum: 0
+                total_connections:
+                  type: integer
+                  minimum: 0
+                connections_by_transport:
+                  type: object
+                  additionalProperties:
+                    type: integer
+                sessions:
+                  type: object
+                  description: connections per session id with open connections
+                  additionalProperties:
+                    type: integer
+                redis:
+                  type: object
+      "401":
+        $ref: "#/components/responses/Unauthorized"
+      "403":
+        $ref: "#/components/responses/Forbidden"
+      "503":
+        $ref: "#/components/responses/Unavailable"
+    """
     service = Service.of(request)
     service.authorize(request, "*", Role.ADMIN)
     hub = service.hub

@@ -19,6 +19,47 @@ def _json(body: bytes, status: int = 200, headers: dict[str, str] | None = None)
 
 
 async def snapshot(request: Request) -> Response:
+    """
+    The latest event of a session, with an ETag for conditional polling.
+    ---
+    summary: The session's latest state
+    parameters:
+      - $ref: "#/components/parameters/SessionId"
+      - name: If-None-Match
+        in: header
+        required: false
+        description: the ETag of a previous answer; unchanged → 304
+        schema:
+          type: string
+    security:
+      - tokenQuery: []
+      - bearerToken: []
+      - tokenCookie: []
+    responses:
+      "200":
+        description: the snapshot
+        headers:
+          ETag:
+            description: the latest event id, quoted
+            schema:
+              type: string
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/SnapshotResponse"
+      "304":
+        description: nothing new since the ETag sent in If-None-Match
+      "400":
+        $ref: "#/components/responses/BadRequest"
+      "401":
+        $ref: "#/components/responses/Unauthorized"
+      "403":
+        $ref: "#/components/responses/Forbidden"
+      "404":
+        $ref: "#/components/responses/NotFound"
+      "503":
+        $ref: "#/components/responses/Unavailable"
+    """
     service = Service.of(request)
     session_id = service.session_id(request)
     service.authorize(request, session_id, Role.SUBSCRIBE)
@@ -33,6 +74,48 @@ async def snapshot(request: Request) -> Response:
 
 
 async def history(request: Request) -> Response:
+    """
+    The retained events of a session after an id.
+    ---
+    summary: The session's retained history
+    parameters:
+      - $ref: "#/components/parameters/SessionId"
+      - name: after
+        in: query
+        required: false
+        description: >-
+          an event id (two unsigned 64-bit integers); `0`, `earliest` or empty = the whole retained history
+        schema:
+          type: string
+          pattern: "^(|0|earliest|[0-9]{1,20}(-[0-9]{1,20})?)$"
+    security:
+      - tokenQuery: []
+      - bearerToken: []
+      - tokenCookie: []
+    responses:
+      "200":
+        description: the events after `after`, oldest first
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/HistoryResponse"
+      "400":
+        $ref: "#/components/responses/BadRequest"
+      "401":
+        $ref: "#/components/responses/Unauthorized"
+      "403":
+        $ref: "#/components/responses/Forbidden"
+      "404":
+        $ref: "#/components/responses/NotFound"
+      "422":
+        description: "`after` is not an event id"
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/Error"
+      "503":
+        $ref: "#/components/responses/Unavailable"
+    """
     service = Service.of(request)
     session_id = service.session_id(request)
     service.authorize(request, session_id, Role.SUBSCRIBE)
