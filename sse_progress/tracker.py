@@ -7,8 +7,9 @@
             tracker.update_progress(etapa, f"Tela {etapa} preenchida")
         tracker.complete("Cotação concluída", {"valor": 1234.5})
 
-A tracker never raises into the job because its store is unreachable: it logs, writes the JSON snapshot
-file, and goes on.
+A tracker never raises into the job because its store is unreachable: it writes the JSON snapshot file,
+appends the event to its outbox (see ``outbox.py``) and goes on. Once the store answers again, the outbox is
+sent in order before any newer event.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from redis.exceptions import RedisError
 
 from .config import Settings
 from .engines import Engine, EngineUnavailable, MemoryEngine, SessionTerminal
-from .events import EventDraft
+from .events import EventDraft, is_valid_session_id
+from .outbox import Outbox, RetrySchedule, default_outbox_dir
 from .sinks import (
     AsyncHttpSink,
+    AsyncRedisSink,
     AsyncSink,
     EngineSink,
+    HttpPublishError,
     HttpSink,
     MemorySink,
     RedisSink,
@@ -55,11 +59,21 @@ def new_session_id() -> str:
 
 
 class _TrackerBase:
-    """Builds the events; subclasses send them."""
+    """Builds the events and keeps the outbox; subclasses send them."""
 
-    def __init__(self, total_etapas: int, session_id: str | None, tipo: str, json_dir: str | Path | None) -> None:
+    def __init__(
+        self,
+        total_etapas: int,
+        session_id: str | None,
+        tipo: str,
+        json_dir: str | Path | None,
+        outbox_dir: str | Path | None,
+        retry: RetrySchedule | None,
+    ) -> None:
         if tipo not in TIPOS:
             raise ValueError(f"tipo must be one of {', '.join(TIPOS)}, got {tipo!r}")
+        if session_id is not None and not is_valid_session_id(session_id):
+            raise ValueError(f"session_id must match ^[A-Za-z0-9_-]{{1,64}}$, got {session_id!r}")
         self.total_etapas = total_etapas
         self.session_id = session_id or new_session_id()
         self.tipo = tipo
@@ -71,6 +85,16 @@ class _TrackerBase:
         self._sequence = 0
         # Ids and ETA for the JSON file when the store cannot give them.
         self._local = MemoryEngine()
+        self._retry = retry or RetrySchedule()
+        self._outbox: Outbox | None = None
+        if tipo != "json":
+            directory = Path(outbox_dir) if outbox_dir else default_outbox_dir(self.json_dir)
+            self._outbox = Outbox(directory, self.session_id, self._publisher)
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """The events waiting for the store (None for ``tipo="json"``, which has no store)."""
+        return self._outbox
 
     def _draft(self, etapa: int, mensagem: str, dados_extra: dict[str, Any] | None, status: str) -> EventDraft | None:
         if self.finished:
@@ -97,9 +121,46 @@ class _TrackerBase:
         self._write_json(envelope)
         return self._accepted(envelope)
 
-    def _fallback(self, draft: EventDraft, error: BaseException) -> dict[str, Any]:
-        log.warning("progress store unreachable (%s); writing %s instead", error, self.json_dir)
+    def _may_send(self, draft: EventDraft) -> bool:
+        """Whether to try the store now: not while it is known down, except for the final event."""
+        return self._retry.due() or draft.terminal
+
+    def _queue(self, draft: EventDraft, error: BaseException | None = None) -> dict[str, Any]:
+        """Keep ``draft`` in the outbox for a later attempt; the JSON snapshot file shows it meanwhile."""
+        assert self._outbox is not None
+        if error is not None:
+            self._retry.failed()
+        try:
+            self._outbox.append(draft)
+        except OSError as write_error:
+            log.error("session %s: could not write the outbox %s: %s", self.session_id, self._outbox.path, write_error)
+        if error is not None:
+            log.warning(
+                "session %s: progress store unreachable (%s); %d events wait in %s",
+                self.session_id,
+                error,
+                len(self._outbox),
+                self._outbox.path,
+            )
         return self._store_locally(draft)
+
+    def _sent(self, envelope: bytes) -> dict[str, Any]:
+        self._retry.succeeded()
+        return self._accepted(envelope)
+
+    def _dropped(self, draft: EventDraft, reason: BaseException) -> None:
+        """A queued event the store will never take (the session ended, or the service refused it)."""
+        log.warning("session %s: queued event %r not stored: %s", self.session_id, draft.mensagem, reason)
+
+    def _report_leftovers(self) -> None:
+        if self._outbox is not None and len(self._outbox):
+            log.warning(
+                "session %s: progress store still unreachable; %d events remain in %s for the next tracker of "
+                "this session",
+                self.session_id,
+                len(self._outbox),
+                self._outbox.directory,
+            )
 
     def _refused(self, mensagem: str) -> None:
         log.warning("session %s already ended elsewhere; event %r dropped", self.session_id, mensagem)
@@ -133,8 +194,10 @@ class ProgressTracker(_TrackerBase):
         ttl: int | None = None,
         history: int | None = None,
         engine: MemoryEngine | None = None,
+        outbox_dir: str | Path | None = None,
+        retry: RetrySchedule | None = None,
     ) -> None:
-        super().__init__(total_etapas, session_id, tipo, json_dir)
+        super().__init__(total_etapas, session_id, tipo, json_dir, outbox_dir, retry)
         self._sink: Sink | None = None
         if tipo == "redis":
             settings = _redis_settings(redis_url, prefix, history, ttl)
@@ -171,14 +234,37 @@ class ProgressTracker(_TrackerBase):
             return None
         if self._sink is None:
             return self._store_locally(draft)
+        if not self._may_send(draft):
+            return self._queue(draft)
         try:
+            self._flush()
             envelope = self._sink.send(draft)
         except SessionTerminal:
             self._refused(mensagem)
             return None
         except UNREACHABLE as error:
-            return self._fallback(draft, error)
-        return self._accepted(envelope)
+            return self._queue(draft, error)
+        return self._sent(envelope)
+
+    def flush(self) -> int:
+        """Send the outbox now, oldest first; returns how many events still wait (the store is down again)."""
+        if self._outbox is None or self._sink is None:
+            return 0
+        try:
+            self._flush()
+        except UNREACHABLE as error:
+            self._retry.failed()
+            log.warning("session %s: progress store unreachable (%s)", self.session_id, error)
+        return len(self._outbox)
+
+    def _flush(self) -> None:
+        assert self._outbox is not None and self._sink is not None
+        for draft in self._outbox.pending():
+            try:
+                self._accepted(self._sink.send(draft))
+            except (SessionTerminal, HttpPublishError) as refusal:
+                self._dropped(draft, refusal)
+            self._outbox.acknowledge()
 
     def update_progress_with_estimativas(
         self, etapa: int, mensagem: str = "", estimativas: Any = None
@@ -195,6 +281,12 @@ class ProgressTracker(_TrackerBase):
         return self.update_progress(self.etapa_atual, mensagem, dados_extra, status="cancelled")
 
     def close(self) -> None:
+        """Try the outbox a last time, then release it (what remains is sent by the next tracker)."""
+        if self._outbox is not None:
+            if len(self._outbox):
+                self.flush()
+            self._report_leftovers()
+            self._outbox.close()
         close = getattr(self._sink, "close", None)
         if close is not None:
             close()
@@ -229,24 +321,22 @@ class AsyncProgressTracker(_TrackerBase):
         ttl: int | None = None,
         history: int | None = None,
         engine: Engine | None = None,
+        outbox_dir: str | Path | None = None,
+        retry: RetrySchedule | None = None,
     ) -> None:
-        super().__init__(total_etapas, session_id, tipo, json_dir)
+        super().__init__(total_etapas, session_id, tipo, json_dir, outbox_dir, retry)
         self._sink: AsyncSink | None = None
-        self._owned_engine: Engine | None = None
         if engine is not None:
             self._sink = EngineSink(engine)
         elif tipo == "redis":
-            from .engines.redis import RedisEngine
-
             settings = _redis_settings(redis_url, prefix, history, ttl)
-            self._owned_engine = RedisEngine(
+            self._sink = AsyncRedisSink(
                 settings.redis_url or DEFAULT_REDIS_URL,
-                prefix=settings.prefix,
-                history=settings.history,
-                ttl=settings.ttl,
-                verify_tls=settings.redis_verify_tls,
+                settings.prefix,
+                settings.history,
+                settings.ttl,
+                settings.redis_verify_tls,
             )
-            self._sink = EngineSink(self._owned_engine)
         elif tipo == "http":
             self._sink = AsyncHttpSink(_required(base_url, "base_url"), _required(token, "token"))
         elif tipo == "memory":
@@ -260,14 +350,37 @@ class AsyncProgressTracker(_TrackerBase):
             return None
         if self._sink is None:
             return self._store_locally(draft)
+        if not self._may_send(draft):
+            return self._queue(draft)
         try:
+            await self._flush()
             envelope = await self._sink.send(draft)
         except SessionTerminal:
             self._refused(mensagem)
             return None
         except UNREACHABLE as error:
-            return self._fallback(draft, error)
-        return self._accepted(envelope)
+            return self._queue(draft, error)
+        return self._sent(envelope)
+
+    async def flush(self) -> int:
+        """Send the outbox now, oldest first; returns how many events still wait (the store is down again)."""
+        if self._outbox is None or self._sink is None:
+            return 0
+        try:
+            await self._flush()
+        except UNREACHABLE as error:
+            self._retry.failed()
+            log.warning("session %s: progress store unreachable (%s)", self.session_id, error)
+        return len(self._outbox)
+
+    async def _flush(self) -> None:
+        assert self._outbox is not None and self._sink is not None
+        for draft in self._outbox.pending():
+            try:
+                self._accepted(await self._sink.send(draft))
+            except (SessionTerminal, HttpPublishError) as refusal:
+                self._dropped(draft, refusal)
+            self._outbox.acknowledge()
 
     async def update_progress_with_estimativas(
         self, etapa: int, mensagem: str = "", estimativas: Any = None
@@ -284,8 +397,12 @@ class AsyncProgressTracker(_TrackerBase):
         return await self.update_progress(self.etapa_atual, mensagem, dados_extra, status="cancelled")
 
     async def aclose(self) -> None:
-        if self._owned_engine is not None:
-            await self._owned_engine.close()
+        """Try the outbox a last time, then release it (what remains is sent by the next tracker)."""
+        if self._outbox is not None:
+            if len(self._outbox):
+                await self.flush()
+            self._report_leftovers()
+            self._outbox.close()
         aclose = getattr(self._sink, "aclose", None)
         if aclose is not None:
             await aclose()

@@ -1,16 +1,20 @@
-"""ProgressTracker: every tipo, the JSON fallback when Redis is unreachable, the context manager."""
+"""ProgressTracker: every tipo, the JSON file and outbox when the store is unreachable, the context manager."""
 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from sse_progress import AsyncProgressTracker, ProgressTracker
 from sse_progress.engines import MemoryEngine
+from sse_progress.outbox import RetrySchedule
 
 from .conftest import LiveServer
 
@@ -125,3 +129,65 @@ def test_add_progress_arguments_configures_an_http_tracker(server: LiveServer, s
     tracker = ProgressTracker.from_arguments(args, total_etapas=3)
     event = tracker.update_progress(1, "via argumentos")
     assert event is not None and event["id"] and event["session_id"] == session_id
+
+
+def test_close_tries_the_outbox_once_more_and_says_how_many_events_remain(
+    tmp_path: Path, session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tracker = ProgressTracker(session_id=session_id, redis_url=unused_redis_url(), json_dir=tmp_path)
+    tracker.update_progress(1, "Tela 1")
+    tracker.update_progress(2, "Tela 2")
+    tracker.fail("quebrou")
+    assert tracker.outbox is not None and len(tracker.outbox) == 3
+    with caplog.at_level(logging.WARNING, "sse_progress.tracker"):
+        tracker.close()
+    assert any("3 events remain" in record.getMessage() for record in caplog.records)
+    [outbox] = tmp_path.glob(f"progress_{session_id}.*.outbox.jsonl")  # kept for the next tracker of the session
+    assert [json.loads(line)["status"] for line in outbox.read_text().splitlines()] == ["running", "running", "error"]
+
+
+def test_an_http_tracker_queues_while_the_service_is_down_and_never_stores_twice(
+    redis_url: str, tmp_path: Path, session_id: str
+) -> None:
+    live = LiveServer(redis_url)
+    live.start()
+    token = live.token(session_id, "publish")
+    at_once = RetrySchedule(first=0, longest=0)
+    try:
+        tracker = ProgressTracker(
+            9, session_id, "http", base_url=live.url, token=token, json_dir=tmp_path, retry=at_once
+        )
+        tracker.update_progress(1, "Tela 1")
+        live.stop()
+        tracker.update_progress(2, "Tela 2")
+        tracker.update_progress(3, "Tela 3")
+        [outbox] = tmp_path.glob("*.outbox.jsonl")
+        shutil.copy(outbox, tmp_path / "before-flush")
+        live.start()
+        tracker.update_progress(4, "Tela 4")
+        tracker.close()
+        # As if the job had died after the service stored 2 and 3 but before the outbox file was deleted.
+        (tmp_path / "before-flush").rename(outbox)
+        with ProgressTracker(9, session_id, "http", base_url=live.url, token=token, json_dir=tmp_path) as rerun:
+            rerun.complete("fim")
+        history = httpx.get(f"{live.url}/sessions/{session_id}/history", params={"token": token}).json()["events"]
+    finally:
+        live.stop()
+    assert [event["etapa_atual"] for event in history] == [1, 2, 3, 4, 9]
+    assert list(tmp_path.glob("*.outbox.jsonl")) == []
+
+
+def test_the_publish_api_drops_a_publisher_sequence_it_already_stored(server: LiveServer, session_id: str) -> None:
+    headers = {"Authorization": f"Bearer {server.token(session_id, 'publish')}"}
+    body = {"etapa_atual": 1, "total_etapas": 3, "publisher": {"id": "job-1", "sequence": 0}}
+    first = httpx.post(f"{server.url}/sessions/{session_id}/events", json=body, headers=headers)
+    again = httpx.post(f"{server.url}/sessions/{session_id}/events", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["data"]["id"] == first.json()["data"]["id"]  # answered with what is stored
+    history = httpx.get(f"{server.url}/sessions/{session_id}/history", headers=headers).json()["events"]
+    assert len(history) == 1
+    for wrong in ({"id": "job-1"}, {"id": "a b", "sequence": 1}, {"id": "job-1", "sequence": -1}, "job-1", None):
+        refused = httpx.post(
+            f"{server.url}/sessions/{session_id}/events", json={**body, "publisher": wrong}, headers=headers
+        )
+        assert refused.status_code == 422 and refused.json()["error"].startswith("publisher"), refused.text

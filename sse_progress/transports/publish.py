@@ -9,12 +9,13 @@ from starlette.responses import Response
 from ..auth import Role
 from ..engines import SessionTerminal
 from ..errors import ApiError
-from ..events import EventDraft, InvalidEvent
+from ..events import EventDraft, InvalidEvent, is_valid_session_id
 from ..metrics import METRICS
 from ..service import Service
 
 MAX_BODY_BYTES = 64 * 1024
-FIELDS = ("etapa_atual", "total_etapas", "mensagem", "status", "dados_extra", "timestamp")
+FIELDS = ("etapa_atual", "total_etapas", "mensagem", "status", "dados_extra", "timestamp", "publisher")
+MAX_SEQUENCE = 2**53 - 1  # exact in the Lua script's numbers
 
 
 async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -49,6 +50,7 @@ def draft_from_body(session_id: str, body: bytes) -> EventDraft:
     timestamp = payload.get("timestamp", "")
     if not isinstance(timestamp, str):
         raise ApiError(422, "timestamp: must be an ISO 8601 string")
+    publisher, sequence = publisher_of(payload["publisher"]) if "publisher" in payload else ("", -1)
     try:
         draft = EventDraft(
             session_id=session_id,
@@ -58,6 +60,8 @@ def draft_from_body(session_id: str, body: bytes) -> EventDraft:
             mensagem=payload.get("mensagem", ""),
             dados_extra=payload.get("dados_extra"),
             timestamp=timestamp,
+            publisher=publisher,
+            sequence=sequence,
         )
         draft.timestamp_ms  # noqa: B018 - validates the timestamp
     except InvalidEvent as error:
@@ -67,7 +71,79 @@ def draft_from_body(session_id: str, body: bytes) -> EventDraft:
     return draft
 
 
+def publisher_of(field: object) -> tuple[str, int]:
+    """``{"id", "sequence"}``: a publish whose sequence number this publisher already stored is not stored again."""
+    if not isinstance(field, dict) or set(field) != {"id", "sequence"}:
+        raise ApiError(422, 'publisher: must be {"id": <string>, "sequence": <integer>}')
+    publisher, sequence = field["id"], field["sequence"]
+    if not isinstance(publisher, str) or not is_valid_session_id(publisher):
+        raise ApiError(422, "publisher.id: must match ^[A-Za-z0-9_-]{1,64}$")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or not 0 <= sequence <= MAX_SEQUENCE:
+        raise ApiError(422, f"publisher.sequence: must be an integer from 0 to {MAX_SEQUENCE}")
+    return publisher, sequence
+
+
 async def publish(request: Request) -> Response:
+    """
+    Publish one event to a session (a publish or admin token).
+    ---
+    summary: Publish an event
+    parameters:
+      - $ref: "#/components/parameters/SessionId"
+    security:
+      - tokenQuery: []
+      - bearerToken: []
+      - tokenCookie: []
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            $ref: "#/components/schemas/PublishBody"
+    responses:
+      "201":
+        description: stored; the envelope as subscribers receive it
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/SnapshotResponse"
+      "400":
+        $ref: "#/components/responses/BadRequest"
+      "401":
+        $ref: "#/components/responses/Unauthorized"
+      "403":
+        $ref: "#/components/responses/Forbidden"
+      "409":
+        description: the session already ended; it accepts no more events
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/Error"
+      "413":
+        description: the body is over 64 KiB
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/Error"
+      "422":
+        description: a field is missing, unknown, of the wrong type or out of range (the error names it)
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/Error"
+      "429":
+        description: too many events for this token and session (SSE_PROGRESS_PUBLISH_RATE)
+        headers:
+          Retry-After:
+            schema:
+              type: string
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/Error"
+      "503":
+        $ref: "#/components/responses/Unavailable"
+    """
     service = Service.of(request)
     session_id = service.session_id(request)
     service.authorize(request, session_id, Role.PUBLISH)
