@@ -10,16 +10,19 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
-import redis
 
 from .engines import Engine, MemoryEngine, SessionTerminal
-from .engines.redis import PUBLISH_SCRIPT, RedisKeys, connection_options, publish_arguments, published_outcome
+from .engines.redis import RedisKeys, connection_options, publish_arguments, published_outcome
+from .engines.redis_cluster_publisher import async_client_for, publish_script_for, sync_client_for
 from .events import EventDraft
 
-HTTP_TIMEOUT = 10.0
+# Short on purpose: an event that times out waits in the tracker's outbox, so a dead or hung store costs the
+# job at most this per attempt (and attempts are spaced out by the tracker's retry schedule).
+HTTP_TIMEOUT = 5.0
+REDIS_TIMEOUT = 2.0
 
 
 class Sink(Protocol):
@@ -30,12 +33,17 @@ class AsyncSink(Protocol):
     async def send(self, draft: EventDraft) -> bytes: ...
 
 
+def _redis_options(url: str, verify_tls: bool) -> dict[str, Any]:
+    options = connection_options(url, verify_tls)
+    options["socket_connect_timeout"] = REDIS_TIMEOUT
+    options["socket_timeout"] = REDIS_TIMEOUT
+    return options
+
+
 class RedisSink:
     def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
-        options = connection_options(url, verify_tls)
-        options["socket_timeout"] = 5
-        self._client = redis.Redis.from_url(url, **options)
-        self._script = self._client.register_script(PUBLISH_SCRIPT)
+        self._client = sync_client_for(url, **_redis_options(url, verify_tls))
+        self._script = self._client.register_script(publish_script_for(url))
         self._keys = RedisKeys(prefix)
         self._history = history
         self._ttl = ttl
@@ -46,6 +54,24 @@ class RedisSink:
 
     def close(self) -> None:
         self._client.close()
+
+
+class AsyncRedisSink:
+    """``RedisSink`` for ``AsyncProgressTracker``: the same script, with the same short timeouts."""
+
+    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
+        self._client = async_client_for(url, **_redis_options(url, verify_tls))
+        self._script = self._client.register_script(publish_script_for(url))
+        self._keys = RedisKeys(prefix)
+        self._history = history
+        self._ttl = ttl
+
+    async def send(self, draft: EventDraft) -> bytes:
+        keys, args = publish_arguments(self._keys, draft, self._history, self._ttl)
+        return published_outcome(draft.session_id, await self._script(keys=keys, args=args)).envelope
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 class MemorySink:
@@ -99,17 +125,17 @@ def _auth(token: str) -> dict[str, str]:
 
 
 def _http_body(draft: EventDraft) -> bytes:
-    return json.dumps(
-        {
-            "etapa_atual": draft.etapa_atual,
-            "total_etapas": draft.total_etapas,
-            "status": draft.status,
-            "mensagem": draft.mensagem,
-            "dados_extra": draft.dados_extra,
-            "timestamp": draft.timestamp,
-        },
-        ensure_ascii=False,
-    ).encode()
+    body: dict[str, Any] = {
+        "etapa_atual": draft.etapa_atual,
+        "total_etapas": draft.total_etapas,
+        "status": draft.status,
+        "mensagem": draft.mensagem,
+        "dados_extra": draft.dados_extra,
+        "timestamp": draft.timestamp,
+    }
+    if draft.publisher:  # the service drops a sequence number it already stored: a retry is never stored twice
+        body["publisher"] = {"id": draft.publisher, "sequence": draft.sequence}
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 def _http_envelope(draft: EventDraft, response: httpx.Response) -> bytes:

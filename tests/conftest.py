@@ -200,3 +200,138 @@ def memory_server() -> Iterator[LiveServer]:
 @pytest.fixture
 def session_id() -> str:
     return "t" + uuid.uuid4().hex[:20]
+
+
+CLUSTER_SLOTS = 16384
+
+
+class RedisClusterNodes:
+    """A real Redis Cluster of ``masters`` masters and no replicas (``redis-server --cluster-enabled yes``).
+
+    ``redis-cli --cluster create`` gives master ``i`` (in port order) the ``i``-th equal range of the slots; the
+    cluster bus of each node gets a free port of its own (``--cluster-port``), not port + 10000.
+    """
+
+    def __init__(self, masters: int = 3) -> None:
+        self.binary = RedisServer().binary
+        self.ports = sorted(free_port() for _ in range(masters))
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.directory = Path(tempfile.mkdtemp(prefix="sse-progress-cluster-"))
+        self.url = f"redis+cluster://127.0.0.1:{self.ports[0]}"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
+            node_dir = self.directory / str(port)
+            node_dir.mkdir()
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
+                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-port", str(bus_port), "--save", "", "--appendonly", "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )  # fmt: skip
+        clients = [self.client(port) for port in self.ports]
+        for client in clients:
+            wait_until(lambda client=client: _pings(client), STARTUP_TIMEOUT, "the cluster's redis-servers")  # type: ignore[misc]
+        addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=STARTUP_TIMEOUT,
+        )
+        wait_until(lambda: all(_cluster_ok(client) for client in clients), STARTUP_TIMEOUT, "cluster_state:ok")
+        owners = {(first, last): port for first, last, (_, port, *_), *_ in clients[0].execute_command("CLUSTER SLOTS")}
+        assert owners == dict(zip(slot_ranges(len(self.ports)), self.ports, strict=True)), owners
+        for client in clients:
+            client.close()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(15)
+        self.processes.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port)
+
+    def master_of(self, session_id: str) -> int:
+        """The port of the master that owns the session (all its keys and its channel share one hash tag)."""
+        return self.ports[shard_of(session_id, len(self.ports))]
+
+
+def shard_of(session_id: str, shards: int) -> int:
+    """Which master, in port order, owns the session's slot in a cluster made by ``redis-cli --cluster create``."""
+    from redis.crc import key_slot
+
+    slot = key_slot(f"{{{session_id}}}".encode())
+    return next(index for index, (first, last) in enumerate(slot_ranges(shards)) if first <= slot <= last)
+
+
+def slot_ranges(masters: int) -> list[tuple[int, int]]:
+    """The slots ``redis-cli --cluster create`` gives each master: equal ranges, rounded as redis-cli does."""
+    per_master = CLUSTER_SLOTS / masters
+    ranges, first = [], 0
+    for index in range(masters):
+        last = CLUSTER_SLOTS - 1 if index == masters - 1 else int(index * per_master + per_master - 1 + 0.5)
+        ranges.append((first, last))
+        first = last + 1
+    return ranges
+
+
+def session_id_on_shard(shard: int, shards: int = 3) -> str:
+    """A fresh session id whose slot belongs to the ``shard``-th master of a cluster made by ``RedisClusterNodes``."""
+    while True:
+        candidate = "t" + uuid.uuid4().hex[:20]
+        if shard_of(candidate, shards) == shard:
+            return candidate
+
+
+def _cluster_ok(client: redis.Redis) -> bool:
+    try:
+        return client.cluster("INFO").get("cluster_state") == "ok"  # type: ignore[no-any-return]
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A real 3-master Redis Cluster on free ports, for the tests of the cluster engine."""
+    nodes = RedisClusterNodes()
+    try:
+        nodes.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_server(redis_cluster: RedisClusterNodes) -> Iterator[LiveServer]:
+    """A running server on the Redis Cluster engine (``redis+cluster://``)."""
+    live = LiveServer(redis_cluster.url)
+    live.start()
+    for shard in range(len(redis_cluster.ports)):
+        _follow_until_live(live, session_id_on_shard(shard, len(redis_cluster.ports)))
+    yield live
+    live.stop()
+
+
+def _follow_until_live(live: LiveServer, session_id: str) -> None:
+    """Open a stream and wait for its first frame: the server has then subscribed on the session's master.
+
+    Run once per master, it leaves the server as one that has been serving for a while, its Pub/Sub connection to
+    every master open.
+    """
+    event = {"etapa_atual": 1, "total_etapas": 2, "mensagem": "warm-up"}
+    publish = {"Authorization": f"Bearer {live.token(session_id, Role.PUBLISH)}"}
+    assert httpx.post(f"{live.url}/sessions/{session_id}/events", json=event, headers=publish).status_code == 201
+    params = {"token": live.token(session_id)}
+    with httpx.stream("GET", f"{live.url}/sessions/{session_id}/events", params=params, timeout=10) as response:
+        next(line for line in response.iter_lines() if line.startswith("data:"))

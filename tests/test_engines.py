@@ -12,16 +12,20 @@ import redis
 
 from sse_progress.engines import Engine, MemoryEngine, SessionTerminal
 from sse_progress.engines.redis import RedisEngine
+from sse_progress.engines.redis_cluster import RedisClusterEngine
 from sse_progress.events import ZERO_ID, EventDraft, parse_event_id
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
     if request.param == "memory":
         yield MemoryEngine(history=50, ttl=60)
         return
-    url = request.getfixturevalue("redis_url")
-    redis_engine = RedisEngine(url, prefix="contract", history=50, ttl=60)
+    if request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster").url
+        redis_engine: RedisEngine = RedisClusterEngine(url, prefix="contract", history=50, ttl=60)
+    else:
+        redis_engine = RedisEngine(request.getfixturevalue("redis_url"), prefix="contract", history=50, ttl=60)
     yield redis_engine
     await redis_engine.close()
 

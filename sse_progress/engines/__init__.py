@@ -1,9 +1,14 @@
-"""Engines, picked by URL scheme: ``redis://``/``rediss://`` for Redis, ``memory://`` (or nothing) embedded."""
+"""Engines, picked by URL scheme.
+
+``redis://``/``rediss://``/``unix://`` for one Redis, ``redis+cluster://``/``rediss+cluster://`` for a Redis
+Cluster, ``memory://`` (or nothing) for the embedded engine.
+"""
 
 from __future__ import annotations
 
 from ..config import Settings
 from .base import Engine, EngineUnavailable, Feed, Published, SessionTerminal, SessionView
+from .cluster_url import is_cluster_url
 from .memory import MemoryEngine
 
 __all__ = [
@@ -22,15 +27,23 @@ def create_engine(settings: Settings) -> Engine:
     url = settings.redis_url
     if not url or url.startswith("memory://"):
         return MemoryEngine(history=settings.history, ttl=settings.ttl)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from .redis import RedisEngine
+    from .redis import RedisEngine  # imported on demand: the embedded engine needs no Redis client
 
-        return RedisEngine(
-            url,
-            prefix=settings.prefix,
-            history=settings.history,
-            ttl=settings.ttl,
-            pool_size=settings.redis_pool_size,
-            verify_tls=settings.redis_verify_tls,
+    engine_class = RedisEngine
+    if is_cluster_url(url):
+        from .redis_cluster import RedisClusterEngine
+
+        engine_class = RedisClusterEngine
+    elif not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            f"unsupported engine URL {url!r}: use redis://, rediss://, unix://, redis+cluster://, rediss+cluster:// "
+            "or memory://"
         )
-    raise ValueError(f"unsupported engine URL {url!r}: use redis://, rediss:// or memory://")
+    return engine_class(
+        url,
+        prefix=settings.prefix,
+        history=settings.history,
+        ttl=settings.ttl,
+        pool_size=settings.redis_pool_size,
+        verify_tls=settings.redis_verify_tls,
+    )
