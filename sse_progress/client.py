@@ -22,8 +22,9 @@ replace its state with the envelope). Guarantees:
   when the server answers ``204`` (the session ended at or before the resume id);
 * a refusal that a retry cannot fix (``400``, ``401``, ``403``, any ``4xx`` but 408, 425 and 429) raises
   ``FollowError`` with the status and the server's ``error`` message, without retrying;
-* a reset whose id is not newer than the last envelope yielded (the store went back in time, e.g. Redis
-  restored from an older backup) is not yielded: that id may have been yielded already.
+* a ``reset`` is yielded whatever its id: when the store went back in time (Redis restored from an older
+  backup, or restarted empty with its clock behind) its id is older than the last one yielded, and the ids
+  that follow continue from it.
 """
 
 from __future__ import annotations
@@ -145,7 +146,6 @@ class _Follower:
         # The resume id we send, and the floor below which (inclusive) nothing is yielded.
         self.resume: str | None = None
         self.floor: EventId | None = None
-        self.yielded_any = False
         if last_event_id is not None and last_event_id != "":
             if last_event_id == "earliest":
                 self.resume, self.floor = "0", (0, 0)
@@ -186,13 +186,13 @@ class _Follower:
     # --------------------------------------------------------------------------------------------- frames
 
     def accept(self, kind: str, event_id: EventId) -> bool:
-        """Whether a frame is new. A ``reset`` opening the follow may go back (the resume id was too new)."""
+        """Whether a frame is new. A ``reset`` replaces the state, so it is new even when its id goes back."""
         if self.floor is None or event_id > self.floor:
             return True
-        return kind == "reset" and not self.yielded_any and event_id != self.floor
+        return kind == "reset" and event_id != self.floor
 
     def advance(self, id_text: str, event_id: EventId) -> None:
-        self.resume, self.floor, self.yielded_any = id_text, event_id, True
+        self.resume, self.floor = id_text, event_id
 
     def streaming(self) -> None:
         """The server accepted a stream. If we had no resume id, the next connection must not ask for a snapshot.

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]+")
+connections_log = logging.getLogger("sse_progress.connections")
 
 
 def redact(text: str) -> str:
@@ -22,6 +23,27 @@ class RedactTokens(logging.Filter):
             record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
         record.msg = redact(str(record.msg))
         return True
+
+
+def log_connection_closed(session_id: str, transport: str, duration: float, events_sent: int, reason: str) -> None:
+    """The one line every stream (SSE or WebSocket) logs when it ends; ``fields`` become JSON keys."""
+    connections_log.info(
+        "closed %s stream of session %s after %.1fs, %d events sent (%s)",
+        transport,
+        session_id,
+        duration,
+        events_sent,
+        reason,
+        extra={
+            "fields": {
+                "session_id": session_id,
+                "transport": transport,
+                "duration": round(duration, 3),
+                "events_sent": events_sent,
+                "reason": reason,
+            }
+        },
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,24 +1,37 @@
 """The one replay routine every transport uses: snapshot or history after an id, then live, no gap.
 
-Order matters: subscribe first, then read the history, then drop live frames whose id is not newer than the
-last frame sent. An event published during the connect is therefore in the history, in the live buffer,
-or both, and is sent exactly once.
+Order matters: subscribe first, then read the history, then send only live frames newer than the last frame
+sent. An event published during the connect is therefore in the history, in the live buffer, or both, and is
+sent exactly once. A live frame that is not newer is checked against the store rather than dropped: it may
+mean the store's ids went backwards (see ``SessionStream._resync``).
+
+When the store no longer holds the history a client resumes from, the client gets a ``reset`` frame: at once
+with the snapshot if there is one, else with the first event that arrives.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from .engines import Engine
+from .engines import Engine, EngineUnavailable, SessionView
 from .events import ZERO_ID, EventId, format_event_id, parse_event_id
 from .frames import Frame
 from .hub import Hub, Listener
 from .metrics import METRICS
 
+# Pauses between the attempts at a resync read. Right after Redis restarts, the pooled command connections are
+# dead and the first command on each fails; the next attempt opens a fresh connection.
+RESYNC_RETRY_DELAYS = (0.1, 0.5, 1.5)
+
 
 class AlreadyFinished(Exception):
     """The client's resume id is at or after the terminal event: there is nothing left to send."""
+
+    def __init__(self, terminal: Frame) -> None:
+        super().__init__("the session ended at or before the resume id")
+        self.terminal = terminal
 
 
 class SlowConsumer(Exception):
@@ -33,6 +46,8 @@ class ServerClosing(Exception):
 class Replay:
     frames: list[Frame] = field(default_factory=list)
     last_id: EventId | None = None
+    # The client named an event but nothing is stored any more: the next frame it gets must be a reset.
+    reset_next: bool = False
 
     @property
     def finished(self) -> bool:
@@ -52,25 +67,37 @@ def resume_point(resume: str | None) -> EventId | str | None:
 async def plan_replay(engine: Engine, session_id: str, resume: str | None) -> Replay:
     """The frames a client resuming from ``resume`` gets before live events. Raises ``AlreadyFinished``."""
     after = resume_point(resume)
-    if after is None or after == "invalid":
-        view = await engine.read(session_id, None)
-        if view.snapshot is None:
-            return Replay()
-        frame = Frame.from_envelope(view.snapshot, "snapshot" if after is None else "reset")
-        return Replay([frame], frame.id)
+    view = await engine.read(session_id, after if isinstance(after, tuple) else None)
+    return plan(view, after)
 
-    assert isinstance(after, tuple)
-    view = await engine.read(session_id, after)
+
+def plan(view: SessionView, after: EventId | str | None) -> Replay:
+    """What a client resuming after ``after`` (see ``resume_point``) gets, given what the engine holds."""
     if view.snapshot is None:
-        return Replay()
+        # A client that names an event saw history that is gone (expired, or Redis lost its data): whatever
+        # arrives first must replace its state, even if its id is not newer than the one the client holds.
+        lost = after is not None and after != ZERO_ID
+        return Replay(last_id=after if lost and isinstance(after, tuple) else None, reset_next=lost)
+    if after is None:
+        snapshot = Frame.from_envelope(view.snapshot, "snapshot")
+        return Replay([snapshot], snapshot.id)
+    if after == "invalid":
+        return _reset(view.snapshot)
+    assert isinstance(after, tuple)
     latest = Frame.from_envelope(view.snapshot)
     if latest.terminal and after >= latest.id:
-        raise AlreadyFinished
-    if after > latest.id or (view.gap and after != ZERO_ID):
-        reset = Frame.from_envelope(view.snapshot, "reset")
-        return Replay([reset], reset.id)
+        raise AlreadyFinished(latest)
+    # The stored history does not reach back to the resume id (trimmed, expired, or a fresh stream after Redis
+    # lost its data), or the id is newer than anything stored (a future id, or the store went back in time).
+    if after > latest.id or (view.gap and (after != ZERO_ID or not view.events)):
+        return _reset(view.snapshot)
     frames = [Frame.from_envelope(envelope) for envelope in view.events]
     return Replay(frames, frames[-1].id if frames else after)
+
+
+def _reset(envelope: bytes) -> Replay:
+    reset = Frame.from_envelope(envelope, "reset")
+    return Replay([reset], reset.id)
 
 
 class SessionStream:
@@ -81,6 +108,7 @@ class SessionStream:
         self.listener = listener
         self.replay = replay
         self.last_id = replay.last_id
+        self.reset_next = replay.reset_next
         self.status: str | None = replay.frames[-1].status if replay.frames else None
 
     @classmethod
@@ -102,6 +130,8 @@ class SessionStream:
         listener = self.listener
         while True:
             await listener.wait()
+            if listener.gone:
+                return
             if listener.closing:
                 raise ServerClosing
             if listener.overflowed:
@@ -111,8 +141,14 @@ class SessionStream:
                 listener.drain()
                 batch = await self._resync()
             else:
-                batch = self._newer(listener.drain())
+                live = self._live(listener.drain())
+                batch = await self._resync() if live is None else live
+            if self.reset_next and batch:
+                batch = self._as_reset(batch)
             if not batch:
+                if listener.heartbeat_due:
+                    listener.heartbeat_due = False
+                    yield batch  # empty: time for the transport's heartbeat
                 continue
             for index, frame in enumerate(batch):
                 if frame.terminal:
@@ -123,19 +159,46 @@ class SessionStream:
             yield batch
 
     async def _resync(self) -> list[Frame]:
-        """Messages may have been lost while the feed was down: re-read everything after the last id sent."""
-        resume = None if self.last_id is None else format_event_id(self.last_id)
-        replay = await plan_replay(self.engine, self.listener.session_id, resume)
-        METRICS.events_replayed.inc(len(replay.frames))
-        if self.last_id is None:
-            return replay.frames
-        return [f for f in replay.frames if f.kind == "reset" or f.id > self.last_id]
+        """Re-read everything after the last id sent.
 
-    def _newer(self, frames: list[Frame]) -> list[Frame]:
+        Needed when live messages may have been missed (the feed reconnected) and when a live frame is not
+        newer than the last one sent: either it was also replayed from history (harmless), or the store's ids
+        went backwards (Redis lost its data and its clock is behind the ids the client has). Dropping such
+        frames as already seen would silence the client for good; the re-read tells the two apart and answers
+        the second with a reset.
+        """
+        try:
+            replay = await self._reread()
+        except AlreadyFinished as finished:
+            # The store went back to before a terminal event this client never got.
+            replay = Replay([Frame.from_envelope(finished.terminal.data, "reset")])
+        METRICS.events_replayed.inc(len(replay.frames))
+        self.reset_next = self.reset_next or replay.reset_next
+        return replay.frames
+
+    async def _reread(self) -> Replay:
+        """``plan_replay`` from the last id sent; raises ``EngineUnavailable`` only if every attempt fails."""
+        resume = None if self.last_id is None else format_event_id(self.last_id)
+        for delay in RESYNC_RETRY_DELAYS:
+            try:
+                return await plan_replay(self.engine, self.listener.session_id, resume)
+            except EngineUnavailable:
+                await asyncio.sleep(delay)
+        return await plan_replay(self.engine, self.listener.session_id, resume)
+
+    def _live(self, frames: list[Frame]) -> list[Frame] | None:
+        """The live frames to send, or None when one of them is not newer than the last sent (see ``_resync``)."""
         last = self.last_id
-        if last is None:
+        if last is None or self.reset_next:
             return frames
-        return [frame for frame in frames if frame.id > last]
+        newer = [frame for frame in frames if frame.id > last]
+        return newer if len(newer) == len(frames) else None
+
+    def _as_reset(self, batch: list[Frame]) -> list[Frame]:
+        """The client's history is gone: the first frame it gets replaces its state, whatever its id."""
+        self.reset_next = False
+        first = batch[0] if batch[0].kind == "reset" else Frame.from_envelope(batch[0].data, "reset")
+        return [first, *[frame for frame in batch[1:] if frame.id > first.id]]
 
     def _advance(self, batch: list[Frame]) -> None:
         self.last_id = batch[-1].id

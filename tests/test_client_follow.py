@@ -9,12 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from sse_progress import ProgressTracker
 from sse_progress.client import FollowError, FollowTimeout, Reconnect, follow
 from sse_progress.events import parse_event_id
 
-from .conftest import LiveServer
+from .clients import Publisher
+from .conftest import LiveServer, RedisServer
+from .test_data_loss import publish, restart_redis_under
 
 Envelope = dict[str, Any]
 DEADLINE = 60.0  # generous: a test that fails must not hang the run
@@ -295,3 +298,33 @@ def test_an_invalid_resume_id_is_refused_before_connecting() -> None:
         follow("http://127.0.0.1:1", "abc", "t", last_event_id="yesterday")
     with pytest.raises(ValueError, match="timeout"):
         follow("http://127.0.0.1:1", "abc", "t", timeout=0)
+
+
+async def test_a_reset_to_older_ids_is_followed_through_to_the_end(session_id: str) -> None:
+    """Redis restored from an older backup: the follower yields the reset to the older state, then the rest."""
+    volatile = RedisServer()
+    volatile.start()
+    live = LiveServer(volatile.url)
+    live.start()
+    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
+    store = redis.Redis.from_url(volatile.url)
+    try:
+        backed_up = [(await publish(publisher, n))["id"] for n in (1, 2)]
+        store.save()  # the dump the restarted server loads
+        later = (await publish(publisher, 3))["id"]
+        collector = Collector(live, session_id, last_event_id="0")
+        await collector.wait_for(3)
+        restart_redis_under(live, volatile)
+        await collector.wait_for(4)
+        final = (await publish(publisher, 15, "success"))["id"]
+        envelopes = await collector.finish()
+    finally:
+        store.close()
+        await publisher.aclose()
+        live.stop()
+        volatile.stop()
+    assert [(e["type"], e["id"]) for e in envelopes] == [
+        *(("progress_update", event_id) for event_id in [*backed_up, later]),
+        ("reset", backed_up[-1]),
+        ("progress_update", final),
+    ]

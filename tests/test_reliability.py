@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 import time
 
 import httpx
 import pytest
 import redis
+import websockets
 
 from .clients import Publisher, collect_until_end, follow
 from .conftest import LiveServer, RedisServer, wait_until
@@ -126,5 +129,109 @@ async def test_connections_past_the_limit_get_503_with_retry_after(redis_url: st
             assert refused.status_code == 503 and refused.headers["retry-after"]
             assert "connection limit" in refused.json()["error"]
         await asyncio.sleep(0)
+    finally:
+        live.stop()
+
+
+def metric(live: LiveServer, name: str) -> float:
+    for line in httpx.get(f"{live.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def ws_url(live: LiveServer, session_id: str, token: str | None) -> str:
+    query = f"?token={token}" if token is not None else ""
+    return live.url.replace("http://", "ws://") + f"/ws/sessions/{session_id}{query}"
+
+
+async def test_a_websocket_that_stops_reading_is_closed_with_1013_and_counted(redis_url: str, session_id: str) -> None:
+    # A long heartbeat: only the overflow of the 8-frame buffer may cut the client off.
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_BUFFER_EVENTS": "8", "SSE_PROGRESS_HEARTBEAT": "60"})
+    live.start()
+    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=10_000)
+    padding = {"padding": "x" * 8192}
+    # A client that stops reading: a small receive buffer, and websockets stops reading past one queued message
+    # (without compression, so that each frame takes its full size on the wire).
+    slow_socket = socket.socket()
+    slow_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: it sets the window
+    slow_socket.connect(("127.0.0.1", live.port))
+    try:
+        async with (
+            websockets.connect(
+                ws_url(live, session_id, live.token(session_id)), sock=slow_socket, max_queue=1, compression=None
+            ) as slow,
+            follow("ws", live.url, session_id, live.token(session_id)) as healthy,
+        ):
+            assert json.loads(await slow.recv())["type"] == "connection_established"
+            healthy_ids: list[str] = []
+
+            async def read_healthy() -> None:
+                while (frame := await healthy.next(timeout=30)) is not None:
+                    healthy_ids.append(frame.id)
+
+            reader = asyncio.create_task(read_healthy())
+            published: list[str] = []
+            for etapa in range(1, 5000):
+                published.append((await publisher.step(etapa, dados_extra=padding))["id"])
+                if etapa % 20 == 0 and metric(live, "sse_progress_slow_consumer_disconnects_total") >= 1:
+                    break
+            else:
+                raise AssertionError("the client that does not read was never cut off")
+            # The server lets it go while it still reads nothing: only the healthy client stays connected.
+            wait_until(
+                lambda: metric(live, 'sse_progress_open_connections{transport="ws"}') == 1, 10, "the slow client's end"
+            )
+            published.append((await publisher.step(10_000, "success"))["id"])
+            await reader
+            assert healthy_ids == published, "the healthy client missed or repeated an event"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:  # what was already on its way, then the close
+                    await slow.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1013, "too slow")
+    finally:
+        await publisher.aclose()
+        live.stop()
+
+
+@pytest.mark.parametrize(
+    ("token_kind", "reason"),
+    [
+        ("forged", "invalid token"),
+        ("expired", "token expired"),
+        ("other session", "another session"),
+        ("missing", "missing token"),
+    ],
+)
+async def test_a_refused_websocket_is_accepted_then_closed_with_1008_and_a_reason(
+    server: LiveServer, session_id: str, token_kind: str, reason: str
+) -> None:
+    token = {
+        "forged": "forged",
+        "expired": server.token(session_id, ttl=-60),
+        "other session": server.token(session_id + "x"),
+        "missing": None,
+    }[token_kind]
+    # The handshake succeeds, so a browser sees the close code and reason rather than a bare 1006.
+    async with websockets.connect(ws_url(server, session_id, token)) as refused:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await refused.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert reason in closed.value.rcvd.reason
+
+
+async def test_a_websocket_past_the_connection_limit_is_closed_with_1013(redis_url: str, session_id: str) -> None:
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_MAX_CONNECTIONS": "1"})
+    live.start()
+    try:
+        async with (
+            follow("sse", live.url, session_id, live.token(session_id)),
+            websockets.connect(ws_url(live, session_id, live.token(session_id))) as refused,
+        ):
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await refused.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert "connection limit" in closed.value.rcvd.reason
     finally:
         live.stop()

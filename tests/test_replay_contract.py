@@ -1,23 +1,35 @@
-"""The resume contract of docs/protocol.md §4, over every streaming transport and both engines."""
+"""The resume contract of docs/protocol.md §4, over every streaming transport and every engine.
+
+The engines: embedded (``memory``), one Redis (``redis``) and a 3-master Redis Cluster (``cluster``), where
+successive tests' sessions land on successive masters.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 
 import pytest
 
 from .clients import Publisher, collect_until_end, follow, id_key
-from .conftest import LiveServer
+from .conftest import LiveServer, session_id_on_shard
 
 TRANSPORTS = ["sse", "ws"]
+SERVERS = {"redis": "server", "memory": "memory_server", "cluster": "cluster_server"}
+_next_shard = itertools.count()
 
 
-@pytest.fixture(params=["redis", "memory"])
+@pytest.fixture(params=list(SERVERS))
 def live(request: pytest.FixtureRequest) -> LiveServer:
-    fixture = "server" if request.param == "redis" else "memory_server"
-    server: LiveServer = request.getfixturevalue(fixture)
+    server: LiveServer = request.getfixturevalue(SERVERS[request.param])
     return server
+
+
+@pytest.fixture
+def session_id() -> str:
+    """A fresh id, on the next master of the test cluster (any id suits the other engines)."""
+    return session_id_on_shard(next(_next_shard) % 3)
 
 
 @pytest.fixture
@@ -125,9 +137,29 @@ async def test_resume_id_newer_than_anything_stored_gets_a_reset(
     assert reset is not None and (reset.kind, reset.id) == ("reset", latest["id"])
 
 
-async def test_resume_id_older_than_the_retained_history_gets_a_reset(session_id: str, redis_url: str) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_resume_id_before_the_first_stored_event_gets_a_reset(
+    live: LiveServer, publisher: Publisher, session_id: str, transport: str
+) -> None:
+    """Such an id comes from history that is gone, e.g. Redis lost its data and the session's history started over."""
+    published = [await publisher.step(etapa) for etapa in (1, 2)]
+    before_first = f"{int(published[0]['id'].split('-')[0]) - 1}-0"
+    async with follow(transport, live.url, session_id, live.token(session_id), before_first) as stream:
+        reset = await stream.next()
+    assert reset is not None and (reset.kind, reset.id) == ("reset", published[-1]["id"])
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a real Redis, or of the test cluster, for tests that start a server of their own."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_url"))
+
+
+async def test_resume_id_older_than_the_retained_history_gets_a_reset(session_id: str, store_url: str) -> None:
     """History is capped: a client that missed trimmed events must replace its state, not silently skip."""
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_HISTORY": "5"})
+    live = LiveServer(store_url, env={"SSE_PROGRESS_HISTORY": "5"})
     live.start()
     try:
         publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=500)

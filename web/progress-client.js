@@ -575,7 +575,8 @@
         clearInterval(pinger);
         clearTimeout(healthy);
         if (ev.code === 1008) {
-          this._fail(null, ev.reason || "the server refused the token (WebSocket close 1008)");
+          // Refused (the reason says why): one poll request gets the HTTP status (401 or 403) for the error.
+          this._recover("WebSocket refused (1008): " + ev.reason);
           return;
         }
         if (established && framesReceived === 0) this._sawEmptySession();

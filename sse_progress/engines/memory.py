@@ -17,7 +17,6 @@ class _Session:
     started_ms: int
     events: deque[tuple[EventId, bytes]] = field(default_factory=deque)
     last_id: EventId = (0, 0)
-    max_deleted: EventId = (0, 0)
     terminal: bool = False
     publisher_sequences: dict[str, int] = field(default_factory=dict)
     expires_at: float = 0.0
@@ -77,7 +76,7 @@ class MemoryEngine(Engine):
         session.events.append((event_id, envelope))
         session.last_id = event_id
         while len(session.events) > self.history:
-            session.max_deleted = session.events.popleft()[0]
+            session.events.popleft()
         session.terminal = draft.terminal
         session.expires_at = time.monotonic() + self.ttl
 
@@ -93,7 +92,8 @@ class MemoryEngine(Engine):
         if after is None:
             return SessionView(snapshot)
         events = [envelope for event_id, envelope in session.events if event_id > after]
-        return SessionView(snapshot, events, gap=session.max_deleted > after)
+        # A session that expired and started again has no history before its new first event, like a trimmed one.
+        return SessionView(snapshot, events, gap=session.events[0][0] > after)
 
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
         feed = MemoryFeed(self, on_message)

@@ -66,32 +66,21 @@ redis.call('PUBLISH', channel, envelope)
 return {'ok', envelope}
 """
 
-# Returns {snapshot, first-retained-id, entries}. The first retained id is '' when nothing was ever trimmed
-# (entries-added == length): then no resume id can point before the history; 'lost' when the stream is gone.
+# Returns {snapshot, first retained id, entries after ARGV[1]}; the first retained id is 'lost' when the stream
+# is gone but the snapshot is not. A resume id before the first retained id needs history that is gone: trimmed,
+# expired, or lost with Redis's data (a fresh stream's ids come after every id the lost one gave, clock allowing).
 READ_SCRIPT = """
 local snapshot = redis.call('GET', KEYS[2])
 if ARGV[1] == '' or not snapshot then
   return {snapshot or '', '', {}}
 end
-local ok, info = pcall(redis.call, 'XINFO', 'STREAM', KEYS[1])
-if not ok then
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+if not first then
   return {snapshot, 'lost', {}}
 end
-local length, added, first = 0, nil, ''
-for i = 1, #info, 2 do
-  if info[i] == 'length' then length = info[i + 1] end
-  if info[i] == 'entries-added' then added = info[i + 1] end
-  if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
-end
-local marker = first
-if added ~= nil and added <= length then marker = '' end
-local entries
-if ARGV[1] == '-' then
-  entries = redis.call('XRANGE', KEYS[1], '-', '+')
-else
-  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+')
-end
-return {snapshot, marker, entries}
+local start = '(' .. ARGV[1]
+if ARGV[1] == '-' then start = '-' end
+return {snapshot, first[1], redis.call('XRANGE', KEYS[1], start, '+')}
 """
 
 
@@ -126,7 +115,7 @@ class RedisKeys:
 
 def connection_options(url: str, verify_tls: bool) -> dict[str, Any]:
     options: dict[str, Any] = {"socket_keepalive": True, "socket_connect_timeout": 5, "health_check_interval": 0}
-    if url.startswith("rediss://") and not verify_tls:
+    if url.startswith(("rediss://", "rediss+cluster://")) and not verify_tls:
         # Heroku Redis presents a self-signed certificate.
         options["ssl_cert_reqs"] = ssl.CERT_NONE
         options["ssl_check_hostname"] = False
@@ -183,7 +172,7 @@ class RedisEngine(Engine):
         if after is None:
             return SessionView(snapshot)
         events = [with_id(fields[1], entry_id.decode()) for entry_id, fields in entries]
-        return SessionView(snapshot, events, gap=_trimmed_after(marker, after))
+        return SessionView(snapshot, events, gap=_history_missing_after(marker, after))
 
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
         return RedisFeed(self.url, self._options, self.keys, on_message, on_resync)
@@ -234,9 +223,7 @@ def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
     return Published(envelope, duplicate=status == b"duplicate")
 
 
-def _trimmed_after(first_retained: bytes, after: EventId) -> bool:
-    """Trimming removes the oldest entries, so events after ``after`` are missing iff it precedes the first kept."""
-    if first_retained == b"lost":  # the snapshot outlived its stream
-        return True
-    first = parse_event_id(first_retained.decode()) if first_retained else None
-    return first is not None and first > after
+def _history_missing_after(first_retained: bytes, after: EventId) -> bool:
+    """Whether the retained history starts after ``after``, so that events after it may be missing."""
+    first = parse_event_id(first_retained.decode())
+    return first is None or first > after  # None: 'lost', the snapshot outlived its stream

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -11,16 +14,27 @@ from ..auth import Role
 from ..engines import EngineUnavailable
 from ..errors import ApiError
 from ..events import format_event_id, now_iso
+from ..logs import log_connection_closed
 from ..metrics import METRICS
-from ..replay import AlreadyFinished, SessionStream, SlowConsumer
+from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer
 from ..service import Service
 
+log = logging.getLogger("sse_progress.connections")
+
 MAX_MESSAGE_BYTES = 64 * 1024
+MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
+CLOSE_TIMEOUT_SECONDS = 5.0
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
+DISCONNECTED = (WebSocketDisconnect, RuntimeError, OSError)
+
+Ending = tuple[int | None, str]
+"""How a connection ends: the close code to send (None: the socket is already closed) and the logged reason."""
 
 
 async def session_socket(websocket: WebSocket) -> None:
@@ -30,72 +44,117 @@ async def session_socket(websocket: WebSocket) -> None:
         service.authorize(websocket, session_id, Role.SUBSCRIBE)
         service.admit_connection()
     except ApiError as error:
-        code = CLOSE_TRY_AGAIN if error.status == 503 else CLOSE_POLICY
-        await websocket.close(code, reason=error.message[:120])
+        # Accept, then close: a browser shows a refused handshake only as 1006, without the code or the reason.
+        await websocket.accept()
+        await _close(websocket, CLOSE_TRY_AGAIN if error.status == 503 else CLOSE_POLICY, error.message)
         return
     await websocket.accept()
-    await _send(
-        websocket,
-        {
-            "type": "connection_established",
-            "session_id": session_id,
-            "timestamp": now_iso(),
-            "message": "connected; progress events follow",
-        },
-    )
     try:
         stream = await SessionStream.open(service.hub, session_id, websocket.query_params.get("last_event_id"), "ws")
     except AlreadyFinished:
-        await websocket.close(CLOSE_NORMAL, reason="session already finished")
+        await _close(websocket, CLOSE_NORMAL, "session already finished")
         return
     except EngineUnavailable:
-        await websocket.close(CLOSE_TRY_AGAIN, reason="event store unavailable")
+        await _close(websocket, CLOSE_TRY_AGAIN, "event store unavailable")
         return
-
-    METRICS.open_connections.labels("ws").inc()
-    sender = asyncio.ensure_future(_deliver(websocket, stream))
-    receiver = asyncio.ensure_future(_receive(websocket, service, stream))
+    # Sent once the session is followed: an event published after the client reads it is not missed.
     try:
-        await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
-        if sender.done() and sender.exception() is None:
-            await websocket.close(sender.result())
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        pass  # the client went away
-    finally:
-        for task in (sender, receiver):
-            task.cancel()
+        await _send(
+            websocket,
+            {
+                "type": "connection_established",
+                "session_id": session_id,
+                "timestamp": now_iso(),
+                "message": "connected; progress events follow",
+            },
+        )
+    except DISCONNECTED:
         stream.close()
-        METRICS.open_connections.labels("ws").dec()
-
-
-async def _deliver(websocket: WebSocket, stream: SessionStream) -> int:
-    delivered = METRICS.events_delivered.labels("ws")
-    try:
-        async for batch in stream.batches():
-            for frame in batch:
-                await websocket.send_text(frame.text)
-            delivered.inc(len(batch))
-    except SlowConsumer:
-        return CLOSE_TRY_AGAIN
-    except (WebSocketDisconnect, RuntimeError, OSError):
-        return CLOSE_GOING_AWAY
-    return CLOSE_NORMAL
-
-
-async def _receive(websocket: WebSocket, service: Service, stream: SessionStream) -> None:
-    """Answer the client's control messages until it disconnects."""
-    try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("text") or message.get("bytes") or b""
-            if len(raw) > MAX_MESSAGE_BYTES:
-                await websocket.close(CLOSE_TOO_BIG, reason="message over 64 KiB")
-                return
-            await _send(websocket, _answer(raw, service, stream))
-    except (WebSocketDisconnect, RuntimeError, OSError):
         return
+    await SocketStream(websocket, service, stream).run()
+
+
+class SocketStream:
+    """One WebSocket client following one session: a task writing frames, a task answering control messages."""
+
+    def __init__(self, websocket: WebSocket, service: Service, stream: SessionStream) -> None:
+        self.websocket = websocket
+        self.service = service
+        self.stream = stream
+        self.sent = 0
+
+    async def run(self) -> None:
+        listener = self.stream.listener
+        METRICS.open_connections.labels("ws").inc()
+        started = time.monotonic()
+        sender = asyncio.ensure_future(self._deliver())
+        receiver = asyncio.ensure_future(self._receive())
+        # The hub cancels the sender when it is blocked writing to a client that stopped reading.
+        listener.task = sender
+        try:
+            await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            listener.task = None
+            # Release the buffer before the close handshake, which waits for a slow client to read.
+            self.stream.close()
+            METRICS.open_connections.labels("ws").dec()
+        code, reason = self._ending(sender, receiver)
+        log_connection_closed(listener.session_id, "ws", time.monotonic() - started, self.sent, reason)
+        if code is not None:
+            await _close(self.websocket, code, reason)
+
+    def _ending(self, sender: asyncio.Future[Ending], receiver: asyncio.Future[Ending]) -> Ending:
+        if self.stream.listener.aborted:
+            return CLOSE_TRY_AGAIN, "too slow"
+        for task in (sender, receiver):
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is None:
+                    return task.result()
+                log.error("websocket stream failed", exc_info=error)
+                return CLOSE_INTERNAL_ERROR, "internal error"
+        return None, "client left"
+
+    async def _deliver(self) -> Ending:
+        listener = self.stream.listener
+        delivered = METRICS.events_delivered.labels("ws")
+        try:
+            async for batch in self.stream.batches():
+                for frame in batch:  # an empty batch is a heartbeat: WebSocket pings are uvicorn's
+                    listener.writing = True
+                    await self.websocket.send_text(frame.text)
+                    listener.writing = False
+                    listener.writes += 1
+                    self.sent += 1
+                delivered.inc(len(batch))
+        except SlowConsumer:
+            return CLOSE_TRY_AGAIN, "too slow"
+        except ServerClosing:
+            return CLOSE_SERVICE_RESTART, "shutdown"
+        except EngineUnavailable:
+            return CLOSE_TRY_AGAIN, "event store unavailable"
+        except DISCONNECTED:
+            return None, "client left"
+        if listener.gone:
+            return None, "client left"
+        return CLOSE_NORMAL, "finished"
+
+    async def _receive(self) -> Ending:
+        """Answer the client's control messages until it disconnects."""
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    # uvicorn reports its own 1012 close at shutdown as a disconnect.
+                    return None, "shutdown" if message.get("code") == CLOSE_SERVICE_RESTART else "client left"
+                raw = message.get("text") or message.get("bytes") or b""
+                if len(raw) > MAX_MESSAGE_BYTES:
+                    return CLOSE_TOO_BIG, "message over 64 KiB"
+                await _send(self.websocket, _answer(raw, self.service, self.stream))
+        except DISCONNECTED:
+            return None, "client left"
 
 
 def _answer(raw: str | bytes, service: Service, stream: SessionStream) -> dict[str, object]:
@@ -120,3 +179,10 @@ def _answer(raw: str | bytes, service: Service, stream: SessionStream) -> dict[s
 
 async def _send(websocket: WebSocket, message: dict[str, object]) -> None:
     await websocket.send_text(orjson.dumps(message).decode())
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    """Close, unless the client is gone; a client that does not read gets the time it takes to read the rest."""
+    reason = reason.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
+    with contextlib.suppress(TimeoutError, *DISCONNECTED):
+        await asyncio.wait_for(websocket.close(code, reason=reason), CLOSE_TIMEOUT_SECONDS)
