@@ -209,18 +209,10 @@ def _wait_http(server: Server, path: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"{server.name} not ready")
 
 
-def start_sse_progress(
-    redis_url: str, workers: int = 1, env_extra: dict[str, str] | None = None, gc_threshold: str | None = None
-) -> Server:
-    """``gc_threshold`` (e.g. "50000,20,100") runs the server with ``gc.set_threshold`` (an experiment only)."""
+def start_sse_progress(redis_url: str, workers: int = 1, env_extra: dict[str, str] | None = None) -> Server:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     launcher = f"{PYTHON} -m uvicorn"
-    if gc_threshold:
-        launcher = (
-            f'{PYTHON} -c \'import gc, runpy, sys; gc.set_threshold({gc_threshold}); sys.argv[0] = "uvicorn"; '
-            f'runpy.run_module("uvicorn", run_name="__main__")\''
-        )
     cmd = (
         f"{launcher} sse_progress.app:create_app --factory --loop uvloop --http httptools "
         f"--host 127.0.0.1 --port {port} --no-access-log --log-level warning --backlog 4096 "

@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.run --targets sse1 --scenarios a --profile   # py-spy profile of the delivery path
 
 Targets: ``sse1`` sse-progress (Redis engine, one uvicorn process), ``sse2`` the same with ``--workers 2``,
+``sse1-ss`` one process serving streams with sse-starlette (``SSE_PROGRESS_RESPONDER=sse-starlette``),
 ``nchan`` nginx + nchan (one worker, the C reference), ``naive`` Starlette + sse-starlette with one Redis
 Pub/Sub per client (``bench/naive_app.py``). Each (target, scenario) gets a freshly started server; one
 private redis-server (no persistence) serves the whole run. The load generator (``bench/loadgen.py``) runs
@@ -34,6 +35,7 @@ RESULTS = procs.BENCH / "results"
 TARGETS = {
     "sse1": "sse-progress (1 proc)",
     "sse2": "sse-progress (--workers 2)",
+    "sse1-ss": "sse-progress, sse-starlette responder (1 proc)",
     "nchan": "nchan (C reference)",
     "naive": "naive (Pub/Sub per client)",
 }
@@ -65,6 +67,8 @@ def start_target(name: str, redis: procs.RedisServer) -> procs.Server:
         return procs.start_sse_progress(redis.url, workers=1)
     if name == "sse2":
         return procs.start_sse_progress(redis.url, workers=2)
+    if name == "sse1-ss":
+        return procs.start_sse_progress(redis.url, workers=1, env_extra={"SSE_PROGRESS_RESPONDER": "sse-starlette"})
     if name == "nchan":
         return procs.start_nchan()
     if name == "naive":

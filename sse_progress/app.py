@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from .auth import TokenAuthority
 from .config import Settings
 from .engines import Engine, EngineUnavailable, create_engine
 from .errors import ApiError, error_response, handle_api_error
 from .hub import Hub
+from .openapi import openapi_schema
 from .ratelimit import RateLimiter
 from .service import Service
 from .transports import ops, publish, snapshot, sse, ws
@@ -27,25 +33,46 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 if not WEB_DIR.is_dir():  # installed as a wheel: the web client ships inside the package
     WEB_DIR = Path(__file__).resolve().parent / "web"
 
+GC_YOUNG_THRESHOLD = 50_000
+
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; style-src 'self'; "
     "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+WEB_CLIENT_CACHE_CONTROL = "no-cache"
 
 
 async def demo_page(request: Request) -> Response:
     return FileResponse(
         WEB_DIR / "index.html",
-        headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"},
+        headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": WEB_CLIENT_CACHE_CONTROL},
     )
+
+
+class WebClientFiles(StaticFiles):
+    """``/static``: HTML pages get the demo page's CSP, and every file is revalidated (it is not fingerprinted,
+    so a cached copy could outlive an upgrade of the server whose protocol it speaks)."""
+
+    def file_response(
+        self, full_path: str | os.PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = WEB_CLIENT_CACHE_CONTROL
+        if str(full_path).endswith(".html"):
+            response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+        return response
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404 and 405 answers, as JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    detail = {404: "no such route; see /openapi.json", 405: f"method {request.method} not allowed here"}
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, detail.get(exc.status_code, exc.detail), headers)
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
-
-
-def _is_stream(scope: dict) -> bool:  # type: ignore[type-arg]
-    return scope["method"] == "GET" and scope["path"].endswith("/events")
 
 
 class NoSniff:
@@ -55,8 +82,7 @@ class NoSniff:
         self.app = app
 
     async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-        if scope["type"] != "http" or _is_stream(scope):
-            # Streams set the header themselves: no wrapper around every send on the hot path.
+        if scope["type"] != "http":
             await self.app(scope, receive, send)  # type: ignore[operator]
             return
 
@@ -68,16 +94,50 @@ class NoSniff:
         await self.app(scope, receive, send_with_header)  # type: ignore[operator]
 
 
+class ProgressApp(Starlette):
+    """Sends ``GET /sessions/{sid}/events`` straight to the SSE endpoint, past the middleware stack.
+
+    A stream lives for minutes and its coroutine stack stays suspended for as long: each middleware layer
+    would keep a frame per connection and add a call to every write. The endpoint applies the one
+    middleware it needs (CORS) itself.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = scope["path"].removeprefix(scope.get("root_path", ""))
+            match = sse.EVENTS_PATH.fullmatch(path)
+            if match is not None:
+                scope["app"] = self
+                scope["path_params"] = {"session_id": match[1]}
+                await sse.serve_events(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def tune_garbage_collector() -> None:
+    """Move what startup allocated out of the collector's sight and collect young objects less often.
+
+    Each connection allocates a few hundred objects; with the default thresholds the collector runs every
+    few connections and walks every object the app holds, which dominated the cost of a connect storm.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings)
-    hub = Hub(engine, settings.buffer_events, settings.buffer_bytes)
+    logging.getLogger("uvicorn.error").addFilter(sse.HIDE_ABORTED_STREAMS)
+    hub = Hub(engine, settings.buffer_events, settings.buffer_bytes, settings.heartbeat)
     service = Service(
         settings, engine, hub, TokenAuthority(settings.secrets, settings.insecure), RateLimiter(settings.publish_rate)
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tune_garbage_collector()
         await hub.start()
         try:
             yield
@@ -109,13 +169,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         Route("/readyz", ops.readyz),
         Route("/metrics", ops.metrics),
         Route("/stats", ops.stats),
-        Mount("/static", StaticFiles(directory=WEB_DIR, check_dir=False), name="static"),
+        Route("/openapi.json", openapi_schema),
+        Mount("/static", WebClientFiles(directory=WEB_DIR, check_dir=False), name="static"),
     ]
-    app = Starlette(
+    app = ProgressApp(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={ApiError: handle_api_error, EngineUnavailable: handle_unavailable},
+        exception_handlers={
+            ApiError: handle_api_error,
+            EngineUnavailable: handle_unavailable,
+            HTTPException: handle_http_error,
+        },
     )
     app.state.service = service
     return app

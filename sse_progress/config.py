@@ -48,6 +48,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices``; the first is the default."""
+    raw = env.get(name) or choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
@@ -71,13 +79,11 @@ class Settings:
     max_connections: int = 20000
     publish_rate: float = 50.0
     log_format: str = "text"
+    responder: str = "lean"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        log_format = env.get("SSE_PROGRESS_LOG_FORMAT", "text")
-        if log_format not in ("text", "json"):
-            raise ConfigError(f"SSE_PROGRESS_LOG_FORMAT must be text or json, got {log_format!r}")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             secrets=_list(env, "SSE_PROGRESS_SECRET"),
@@ -95,7 +101,8 @@ class Settings:
             buffer_bytes=_int(env, "SSE_PROGRESS_BUFFER_BYTES", 1 << 20, minimum=1024),
             max_connections=_int(env, "SSE_PROGRESS_MAX_CONNECTIONS", 20000, minimum=1),
             publish_rate=_float(env, "SSE_PROGRESS_PUBLISH_RATE", 50.0, minimum=0.0),
-            log_format=log_format,
+            log_format=_choice(env, "SSE_PROGRESS_LOG_FORMAT", ("text", "json")),
+            responder=_choice(env, "SSE_PROGRESS_RESPONDER", ("lean", "sse-starlette")),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

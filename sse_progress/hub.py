@@ -8,34 +8,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 
 from .engines import Engine, EngineUnavailable, Feed
 from .frames import Frame
 from .metrics import METRICS
+from .shutdown import server_is_exiting
 
 log = logging.getLogger("sse_progress.hub")
 
 SUBSCRIBE_TIMEOUT = 10.0
+SHUTDOWN_POLL_SECONDS = 0.25
 
 
 class Listener:
     """One client's view of a session's live events: a bounded buffer and a wake-up signal."""
 
     __slots__ = (
-        "_hub", "_wake", "closing", "frames", "needs_resync", "overflowed", "pending_bytes", "session_id", "transport"
+        "_hub", "_waiter", "_woken", "aborted", "closing", "frames", "gone", "heartbeat_due", "needs_resync",
+        "overflowed", "pending_bytes", "session_id", "stall_mark", "task", "transport", "writes", "writing",
     )  # fmt: skip
 
     def __init__(self, hub: Hub, session_id: str, transport: str) -> None:
         self._hub = hub
         self.session_id = session_id
         self.transport = transport
-        self.frames: deque[Frame] = deque()
+        self.frames: list[Frame] = []
         self.pending_bytes = 0
         self.overflowed = False
         self.needs_resync = False
         self.closing = False
-        self._wake = asyncio.Event()
+        # A bare future rather than an asyncio.Event: thousands of idle listeners each keep one.
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        # Kept by a transport that writes straight to the socket (see transports/sse.py): the task to abort
+        # when its client stalls, whether it is blocked in a write, and how many writes it has finished.
+        self.task: asyncio.Task[object] | None = None
+        self.writing = False
+        self.writes = 0
+        self.stall_mark = -1
+        self.aborted = False
+        self.gone = False
+        self.heartbeat_due = False
 
     def push(self, frame: Frame) -> None:
         if self.overflowed:
@@ -46,10 +59,23 @@ class Listener:
             # A client that cannot keep up is cut off rather than allowed to grow server memory; it resumes
             # from the stream with its last id.
             self.overflowed = True
-            self.frames.clear()
+            self.frames = []
             self.pending_bytes = 0
             METRICS.slow_consumer_disconnects.inc()
-        self._wake.set()
+            if self.writing:
+                self.abort()  # blocked in a write to a client that stopped reading: a wake-up would never arrive
+        self._wake()
+
+    def abort(self) -> None:
+        """Cancel the transport's task, which is blocked writing to a client that does not read."""
+        if self.task is not None and not self.aborted:
+            self.aborted = True
+            self.task.cancel()
+
+    def left(self) -> None:
+        """The client disconnected."""
+        self.gone = True
+        self._wake()
 
     def set(self) -> None:
         """The server is shutting down: end this client's stream so it reconnects elsewhere.
@@ -57,19 +83,39 @@ class Listener:
         Named ``set`` because sse-starlette signals shutdown by calling ``set()`` on the response's event.
         """
         self.closing = True
-        self._wake.set()
+        self._wake()
 
     def resync(self) -> None:
         self.needs_resync = True
-        self._wake.set()
+        self._wake()
+
+    def beat(self) -> None:
+        """Called by the hub's timer once per heartbeat interval."""
+        if self.writing and self.stall_mark == self.writes:
+            # One write has been blocked for a whole interval: the client stopped reading.
+            METRICS.slow_consumer_disconnects.inc()
+            self.abort()
+            return
+        self.stall_mark = self.writes
+        self.heartbeat_due = True
+        self._wake()
 
     async def wait(self) -> None:
-        await self._wake.wait()
-        self._wake.clear()
+        if not self._woken:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._woken = False
+
+    def _wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def drain(self) -> list[Frame]:
-        frames = list(self.frames)
-        self.frames.clear()
+        frames, self.frames = self.frames, []
         self.pending_bytes = 0
         return frames
 
@@ -78,10 +124,15 @@ class Listener:
 
 
 class Hub:
-    def __init__(self, engine: Engine, buffer_events: int = 256, buffer_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, engine: Engine, buffer_events: int = 256, buffer_bytes: int = 1 << 20, heartbeat: float = 15.0
+    ) -> None:
         self.engine = engine
         self.buffer_events = buffer_events
         self.buffer_bytes = buffer_bytes
+        self.heartbeat = heartbeat
+        self.closing = False
+        self._ticker: asyncio.Task[None] | None = None
         self._sessions: dict[str, set[Listener]] = {}
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._feed: Feed | None = None
@@ -89,8 +140,12 @@ class Hub:
 
     async def start(self) -> None:
         self._feed = self.engine.open_feed(self._on_message, self._on_resync)
+        self._ticker = asyncio.ensure_future(self._tick())
 
     async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
         if self._feed is not None:
             await self._feed.close()
             self._feed = None
@@ -131,6 +186,28 @@ class Hub:
             task = asyncio.ensure_future(self.feed.remove(listener.session_id))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def _tick(self) -> None:
+        """One timer for every connection of the process: heartbeats, stalled writes, and shutdown."""
+        loop = asyncio.get_running_loop()
+        interval = min(self.heartbeat, SHUTDOWN_POLL_SECONDS)
+        next_beat = loop.time() + self.heartbeat
+        while True:
+            await asyncio.sleep(interval)
+            if not self.closing and server_is_exiting():
+                self.close_all()
+            if loop.time() >= next_beat:
+                next_beat = loop.time() + self.heartbeat
+                for listeners in list(self._sessions.values()):
+                    for listener in listeners:
+                        listener.beat()
+
+    def close_all(self) -> None:
+        """The server is stopping: end every stream so its client reconnects, to another instance if any."""
+        self.closing = True
+        for listeners in self._sessions.values():
+            for listener in listeners:
+                listener.set()
 
     def connections(self, session_id: str | None = None) -> int:
         if session_id is not None:

@@ -43,6 +43,14 @@ async def test_unknown_session_is_404_with_a_json_error(server: LiveServer, clie
     assert response.json()["success"] is False and "no such session" in response.json()["error"]
 
 
+async def test_unknown_routes_and_methods_get_json_errors(client: httpx.AsyncClient, session_id: str) -> None:
+    missing = await client.get("/no/such/route")
+    assert missing.status_code == 404
+    assert missing.json() == {"success": False, "error": "no such route; see /openapi.json"}
+    wrong = await client.delete(f"/sessions/{session_id}")
+    assert wrong.status_code == 405 and "DELETE" in wrong.json()["error"] and "GET" in wrong.headers["allow"]
+
+
 async def test_history_lists_events_after_an_id(server: LiveServer, client: httpx.AsyncClient, session_id: str) -> None:
     publisher = Publisher(server.url, server.token(session_id, "publish"), session_id)
     events = [await publisher.step(n) for n in (1, 2, 3)]

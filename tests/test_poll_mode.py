@@ -65,14 +65,21 @@ async def test_poll_without_resume_id_gets_the_snapshot(server: LiveServer, sess
     assert [(f["event"], f["id"]) for f in frames] == [("snapshot", latest["id"])]
 
 
-async def test_poll_of_a_session_without_events_answers_at_once_with_only_retry(
+async def test_poll_of_a_session_without_events_sets_id_zero_so_the_next_poll_misses_nothing(
     server: LiveServer, session_id: str
 ) -> None:
+    url = f"{server.url}/sessions/{session_id}/events"
+    params = {"token": server.token(session_id), "mode": "poll"}
     async with httpx.AsyncClient(timeout=5) as client:
-        response = await client.get(
-            f"{server.url}/sessions/{session_id}/events", params={"token": server.token(session_id), "mode": "poll"}
-        )
-    assert response.status_code == 200 and parse_frames(response.text) == (300, [])
+        first = await client.get(url, params=params)
+        assert first.status_code == 200 and parse_frames(first.text) == (300, [{"id": "0"}])
+        publisher = Publisher(server.url, server.token(session_id, "publish"), session_id)
+        published = [(await publisher.step(etapa))["id"] for etapa in (1, 2, 3)]
+        await publisher.aclose()
+        # What a plain EventSource sends next: the last id it was given.
+        second = await client.get(url, params=params, headers={"Last-Event-ID": "0"})
+    _, frames = parse_frames(second.text)
+    assert [(f["event"], f["id"]) for f in frames] == [("progress_update", event_id) for event_id in published]
 
 
 async def test_unknown_mode_is_400(server: LiveServer, session_id: str) -> None:

@@ -80,5 +80,15 @@ async def test_cors_allows_configured_origins_with_credentials(redis_url: str, s
             assert preflight.headers["access-control-allow-credentials"] == "true"
             other = await client.get(f"{live.url}/healthz", headers={"Origin": "https://evil.example"})
             assert "access-control-allow-origin" not in other.headers
+            # Streams bypass the middleware stack, so they must apply the same rule themselves.
+            for origin, allowed in (("https://b.example", True), ("https://evil.example", False)):
+                stream = await client.get(
+                    f"{live.url}/sessions/{session_id}/events",
+                    params={"token": live.token(session_id), "mode": "poll"},
+                    headers={"Origin": origin},
+                )
+                assert stream.status_code == 200
+                assert stream.headers.get("access-control-allow-origin") == (origin if allowed else None)
+                assert stream.headers.get("access-control-allow-credentials") == ("true" if allowed else None)
     finally:
         live.stop()

@@ -1,31 +1,77 @@
-"""Server-Sent Events: streaming, and poll mode (answer at once and close; the browser's reconnect polls)."""
+"""Server-Sent Events: streaming, and poll mode (answer at once and close; the browser's reconnect polls).
+
+The stream is written by ``EventStream``, a small ASGI response: after the headers it writes pre-encoded
+frames straight to the server's ``send`` (the app routes streams past its middleware), one write per
+wake-up, with no timer or wrapper per connection and one extra task that notices the client leaving. The
+hub's single timer sends the heartbeats, aborts writes to clients that stopped reading, and ends every stream
+when the server stops. ``SSE_PROGRESS_RESPONDER=sse-starlette`` serves streams with sse-starlette's
+``EventSourceResponse`` instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
 
 from ..auth import Role
-from ..errors import ApiError
-from ..frames import retry_line
+from ..engines import EngineUnavailable
+from ..errors import ApiError, error_response
+from ..frames import HEARTBEAT, retry_line
+from ..hub import Listener
+from ..logs import log_connection_closed
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
 
-log = logging.getLogger("sse_progress.connections")
 SHUTDOWN_GRACE_SECONDS = 2.0
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
+EVENT_STREAM_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
+]
+EVENTS_PATH = re.compile(r"/sessions/([^/]+)/events")
 
 
 def resume_id(request: Request) -> str | None:
     return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+
+
+async def serve_events(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI endpoint the app calls directly (see ``ProgressApp``): errors and CORS handled here."""
+    # The response is built in another frame, so the request parsed for it is not kept for the stream's life.
+    response = await _respond(Request(scope, receive))
+    await response(scope, receive, send)
+
+
+async def _respond(request: Request) -> Response:
+    try:
+        response = await events(request)
+    except ApiError as error:
+        response = error_response(error.status, error.message, error.headers)
+    except EngineUnavailable:
+        response = error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
+    origin = request.headers.get("origin")
+    if origin is not None and origin in Service.of(request).settings.cors_origins:
+        response.raw_headers.extend(
+            [
+                (b"access-control-allow-origin", origin.encode()),
+                (b"access-control-allow-credentials", b"true"),
+                (b"vary", b"Origin"),
+            ]
+        )
+    if isinstance(response, JSONResponse):
+        response.raw_headers.append((b"x-content-type-options", b"nosniff"))
+    return response
 
 
 async def events(request: Request) -> Response:
@@ -42,8 +88,103 @@ async def events(request: Request) -> Response:
         stream = await SessionStream.open(service.hub, session_id, resume_id(request), "sse")
     except AlreadyFinished:
         return Response(status_code=204)
+    if service.settings.responder == "sse-starlette":
+        return _sse_starlette_response(stream, service)
+    return EventStream(stream, service.settings.retry_ms)
+
+
+class EventStream(Response):
+    """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
+
+    def __init__(self, stream: SessionStream, retry_ms: int) -> None:
+        # Not Response.__init__: it would announce a Content-Length for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(EVENT_STREAM_RAW_HEADERS)  # middleware may append to it
+        self.stream = stream
+        self.retry_ms = retry_ms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = self.stream.listener
+        listener.task = asyncio.current_task()
+        watcher = asyncio.ensure_future(_notice_departure(receive, listener))
+        METRICS.open_connections.labels("sse").inc()
+        started, reason = time.monotonic(), "client left"
+        sent = 0
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await _write(send, listener, retry_line(self.retry_ms))
+            sent, reason = await _deliver(self.stream, send)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not listener.aborted:
+                raise
+            # The client stopped reading (its buffer overflowed, or one write blocked for a heartbeat
+            # interval): drop the connection. It reconnects with Last-Event-ID and replays from the stream.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            reason = "too slow"
+        finally:
+            watcher.cancel()
+            listener.task = None
+            self.stream.close()
+            METRICS.open_connections.labels("sse").dec()
+            _log_close(self.stream, started, sent, reason)
+
+
+async def _deliver(stream: SessionStream, send: Send) -> tuple[int, str]:
+    """Writes every batch; returns the number of events sent and why the stream ended."""
+    listener = stream.listener
+    delivered = METRICS.events_delivered.labels("sse")
+    sent = 0
+    try:
+        async for batch in stream.batches():
+            if not batch:
+                await _write(send, listener, HEARTBEAT)
+                continue
+            # One write per wake-up: frames that arrived together leave together.
+            await _write(send, listener, batch[0].sse if len(batch) == 1 else b"".join([f.sse for f in batch]))
+            delivered.inc(len(batch))
+            sent += len(batch)
+    except SlowConsumer:
+        return sent, "too slow"
+    except EngineUnavailable:
+        return sent, "event store unavailable"  # the client reconnects and resumes once it is back
+    except ServerClosing:
+        # Spread the reconnects so the remaining instances are not hit by all clients at once.
+        await _write(send, listener, retry_line(random.randint(250, 2000)))
+        return sent, "shutdown"
+    return sent, "client left" if listener.gone else "finished"
+
+
+async def _write(send: Send, listener: Listener, body: bytes) -> None:
+    listener.writing = True
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    listener.writing = False
+    listener.writes += 1
+
+
+class HideAbortedStreams(logging.Filter):
+    """uvicorn reports a response that ended without its last message as an error; for a stream aborted
+    because its client stopped reading that is the intent, and the connection log already says why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
+HIDE_ABORTED_STREAMS = HideAbortedStreams()  # one instance, so adding it again changes nothing
+
+
+async def _notice_departure(receive: Receive, listener: Listener) -> None:
+    # The server's send returns silently once the client is gone; only receive() says so.
+    message: Message = await receive()
+    while message["type"] != "http.disconnect":
+        message = await receive()
+    listener.left()
+
+
+def _sse_starlette_response(stream: SessionStream, service: Service) -> Response:
     return EventSourceResponse(
-        _body(stream, service.settings.retry_ms),
+        _sse_starlette_body(stream, service.settings.retry_ms),
         headers=STREAM_HEADERS,
         ping=service.settings.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
@@ -54,23 +195,22 @@ async def events(request: Request) -> Response:
     )
 
 
-async def _body(stream: SessionStream, retry_ms: int) -> AsyncIterator[bytes]:
+async def _sse_starlette_body(stream: SessionStream, retry_ms: int) -> AsyncIterator[bytes]:
     METRICS.open_connections.labels("sse").inc()
     delivered = METRICS.events_delivered.labels("sse")
     started, sent, reason = time.monotonic(), 0, "client left"
     try:
         yield retry_line(retry_ms)
         async for batch in stream.batches():
-            # One write per wake-up: frames that arrived together leave together.
-            yield b"".join([frame.sse for frame in batch])
-            delivered.inc(len(batch))
-            sent += len(batch)
+            if batch:  # sse-starlette sends its own heartbeats
+                yield b"".join([frame.sse for frame in batch])
+                delivered.inc(len(batch))
+                sent += len(batch)
         reason = "finished"
     except SlowConsumer:
-        reason = "too slow"  # the browser reconnects with Last-Event-ID and replays from the stream
+        reason = "too slow"
     except ServerClosing:
         reason = "shutdown"
-        # Spread the reconnects so the remaining instances are not hit by all clients at once.
         yield retry_line(random.randint(250, 2000))
     finally:
         stream.close()
@@ -79,25 +219,8 @@ async def _body(stream: SessionStream, retry_ms: int) -> AsyncIterator[bytes]:
 
 
 def _log_close(stream: SessionStream, started: float, sent: int, reason: str) -> None:
-    duration = time.monotonic() - started
-    transport = stream.listener.transport
-    log.info(
-        "closed %s stream of session %s after %.1fs, %d events sent (%s)",
-        transport,
-        stream.listener.session_id,
-        duration,
-        sent,
-        reason,
-        extra={
-            "fields": {
-                "session_id": stream.listener.session_id,
-                "transport": transport,
-                "duration": round(duration, 3),
-                "events_sent": sent,
-                "reason": reason,
-            }
-        },
-    )
+    listener = stream.listener
+    log_connection_closed(listener.session_id, listener.transport, time.monotonic() - started, sent, reason)
 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
@@ -106,5 +229,9 @@ async def _poll(service: Service, session_id: str, resume: str | None) -> Respon
     except AlreadyFinished:
         return Response(status_code=204)
     body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
+    if not replay.frames and resume is None:
+        # Nothing published yet: still give the browser an id, so its next poll asks for everything after
+        # the start instead of a snapshot that would skip the events in between.
+        body += b"id: 0\n\n"
     METRICS.events_delivered.labels("poll").inc(len(replay.frames))
     return Response(body, media_type="text/event-stream", headers=STREAM_HEADERS)
