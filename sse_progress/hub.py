@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .engines import Engine, EngineUnavailable, Feed
+from .coalesce import Coalescer
+from .engines import Engine, EngineUnavailable, Feed, SessionView
+from .events import EventId
 from .frames import Frame
 from .metrics import METRICS
 from .shutdown import server_is_exiting
@@ -132,6 +134,7 @@ class Hub:
         self.buffer_bytes = buffer_bytes
         self.heartbeat = heartbeat
         self.closing = False
+        self.read_session: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
         self._ticker: asyncio.Task[None] | None = None
         self._sessions: dict[str, set[Listener]] = {}
         self._ready: dict[str, asyncio.Task[None]] = {}

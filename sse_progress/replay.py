@@ -115,7 +115,10 @@ class SessionStream:
     async def open(cls, hub: Hub, session_id: str, resume: str | None, transport: str) -> SessionStream:
         listener = await hub.listen(session_id, transport)
         try:
-            replay = await plan_replay(hub.engine, session_id, resume)
+            after = resume_point(resume)
+            # Shared with the clients that asked for the same read before it started (a reconnect storm).
+            view = await hub.read_session((session_id, after if isinstance(after, tuple) else None))
+            replay = plan(view, after)
         except BaseException:
             listener.close()
             raise
