@@ -25,6 +25,19 @@ class RedactTokens(logging.Filter):
         return True
 
 
+def log_connection_opened(session_id: str, transport: str, resume: str | None) -> None:
+    """The line every stream logs when it starts, with where it resumes from (``null``: the snapshot)."""
+    if not connections_log.isEnabledFor(logging.INFO):  # skip building the record in a connect storm
+        return
+    connections_log.info(
+        "opened %s stream of session %s, resuming after %s",
+        transport,
+        session_id,
+        resume or "nothing (snapshot)",
+        extra={"fields": {"session_id": session_id, "transport": transport, "resume": resume}},
+    )
+
+
 def log_connection_closed(session_id: str, transport: str, duration: float, events_sent: int, reason: str) -> None:
     """The one line every stream (SSE or WebSocket) logs when it ends; ``fields`` become JSON keys."""
     connections_log.info(

@@ -325,12 +325,20 @@ def json_entries(server: CliServer) -> list[dict[str, Any]]:
     return entries
 
 
-def closed_stream_lines(server: CliServer, session_id: str) -> list[dict[str, Any]]:
+def connection_lines(server: CliServer, session_id: str, key: str) -> list[dict[str, Any]]:
     return [
         entry
         for entry in json_entries(server)
-        if entry["logger"] == "sse_progress.connections" and entry.get("session_id") == session_id
+        if entry["logger"] == "sse_progress.connections" and entry.get("session_id") == session_id and key in entry
     ]
+
+
+def closed_stream_lines(server: CliServer, session_id: str) -> list[dict[str, Any]]:
+    return connection_lines(server, session_id, "reason")
+
+
+def opened_stream_lines(server: CliServer, session_id: str) -> list[dict[str, Any]]:
+    return connection_lines(server, session_id, "resume")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -340,7 +348,7 @@ async def test_json_log_has_one_line_per_closed_stream(
     publisher = Publisher(json_log_server.url, json_log_server.token(session_id, "publish"), session_id)
     started = time.monotonic()
     async with follow(transport, json_log_server.url, session_id, json_log_server.token(session_id)) as follower:
-        if transport == "ws":  # its greeting comes before the server listens to the session
+        if transport == "ws":  # the open-connections gauge moves after the greeting
             await eventually(lambda: metric_is(json_log_server, OPEN, 1, transport="ws"), "the WebSocket to listen")
         for etapa in (1, 2):
             await publisher.step(etapa)
@@ -355,6 +363,8 @@ async def test_json_log_has_one_line_per_closed_stream(
     assert line["reason"] == "client left"
     assert isinstance(line["duration"], float) and 0 < line["duration"] <= elapsed
     assert line["level"] == "info" and session_id in line["message"]
+    [opened] = opened_stream_lines(json_log_server, session_id)
+    assert (opened["transport"], opened["resume"]) == (transport, None)
 
 
 async def test_json_log_line_of_a_finished_stream(json_log_server: CliServer, session_id: str) -> None:

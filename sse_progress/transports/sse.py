@@ -27,7 +27,7 @@ from ..engines import EngineUnavailable
 from ..errors import ApiError, error_response
 from ..frames import HEARTBEAT, retry_line
 from ..hub import Listener
-from ..logs import log_connection_closed
+from ..logs import log_connection_closed, log_connection_opened
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
@@ -84,10 +84,12 @@ async def events(request: Request) -> Response:
     if mode != "stream":
         raise ApiError(400, "mode must be 'stream' (the default) or 'poll'")
     service.admit_connection()
+    resume = resume_id(request)
     try:
-        stream = await SessionStream.open(service.hub, session_id, resume_id(request), "sse")
+        stream = await SessionStream.open(service.hub, session_id, resume, "sse")
     except AlreadyFinished:
         return Response(status_code=204)
+    log_connection_opened(session_id, "sse", resume)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service)
     return EventStream(stream, service.settings.retry_ms)

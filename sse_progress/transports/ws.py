@@ -14,7 +14,7 @@ from ..auth import Role
 from ..engines import EngineUnavailable
 from ..errors import ApiError
 from ..events import format_event_id, now_iso
-from ..logs import log_connection_closed
+from ..logs import log_connection_closed, log_connection_opened
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer
 from ..service import Service
@@ -49,14 +49,16 @@ async def session_socket(websocket: WebSocket) -> None:
         await _close(websocket, CLOSE_TRY_AGAIN if error.status == 503 else CLOSE_POLICY, error.message)
         return
     await websocket.accept()
+    resume = websocket.query_params.get("last_event_id")
     try:
-        stream = await SessionStream.open(service.hub, session_id, websocket.query_params.get("last_event_id"), "ws")
+        stream = await SessionStream.open(service.hub, session_id, resume, "ws")
     except AlreadyFinished:
         await _close(websocket, CLOSE_NORMAL, "session already finished")
         return
     except EngineUnavailable:
         await _close(websocket, CLOSE_TRY_AGAIN, "event store unavailable")
         return
+    log_connection_opened(session_id, "ws", resume)
     # Sent once the session is followed: an event published after the client reads it is not missed.
     try:
         await _send(
