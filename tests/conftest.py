@@ -189,6 +189,15 @@ def server(redis_url: str) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
+def second_server(redis_url: str) -> Iterator[LiveServer]:
+    """Another instance on the same Redis as ``server``: publisher and subscriber on different instances."""
+    live = LiveServer(redis_url)
+    live.start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="session")
 def memory_server() -> Iterator[LiveServer]:
     """A running server on the embedded engine."""
     live = LiveServer(None)

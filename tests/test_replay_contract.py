@@ -1,6 +1,7 @@
 """The resume contract of docs/protocol.md §4, over every streaming transport and every engine.
 
-The engines: embedded (``memory``), one Redis (``redis``) and a 3-master Redis Cluster (``cluster``), where
+The engines: embedded (``memory``), one Redis (``redis``), one Redis with the publisher going through another
+instance than the subscriber (``redis-2-instances``), and a 3-master Redis Cluster (``cluster``), where
 successive tests' sessions land on successive masters.
 """
 
@@ -16,7 +17,8 @@ from .clients import Publisher, collect_until_end, follow, id_key
 from .conftest import LiveServer, session_id_on_shard
 
 TRANSPORTS = ["sse", "ws"]
-SERVERS = {"redis": "server", "memory": "memory_server", "cluster": "cluster_server"}
+SERVERS = {"redis": "server", "memory": "memory_server", "cluster": "cluster_server", "redis-2-instances": "server"}
+PUBLISHED_THROUGH = {"redis-2-instances": "second_server"}  # publisher and subscriber on different instances
 _next_shard = itertools.count()
 
 
@@ -33,8 +35,10 @@ def session_id() -> str:
 
 
 @pytest.fixture
-async def publisher(live: LiveServer, session_id: str):  # type: ignore[no-untyped-def]
-    pub = Publisher(live.url, live.token(session_id, "publish"), session_id)
+async def publisher(request: pytest.FixtureRequest, live: LiveServer, session_id: str):  # type: ignore[no-untyped-def]
+    other = PUBLISHED_THROUGH.get(request.node.callspec.params["live"])
+    via: LiveServer = request.getfixturevalue(other) if other else live
+    pub = Publisher(via.url, via.token(session_id, "publish"), session_id)
     yield pub
     await pub.aclose()
 
