@@ -1,6 +1,6 @@
 """Run every target through every scenario, side by side, and write the table, JSON and chart.
 
-    .venv/bin/python -m bench.run            # full run (~10 min)
+    .venv/bin/python -m bench.run            # full run (~7 min)
     .venv/bin/python -m bench.run --quick    # smoke version (< 2 min)
     .venv/bin/python -m bench.run --targets sse1 --scenarios a --profile   # py-spy profile of the delivery path
 
