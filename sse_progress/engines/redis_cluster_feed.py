@@ -33,13 +33,13 @@ from redis.retry import Retry
 
 from .base import Feed, MessageHandler, ResyncHandler
 from .cluster_url import node_url
+from .redis_feed import next_message
 
 if TYPE_CHECKING:
     from .redis import RedisKeys
 
 log = logging.getLogger("sse_progress.feed")
 
-IDLE_PING_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 5.0
 TOPOLOGY_ERRORS = (RedisError, RedisClusterException, OSError)
 
@@ -291,16 +291,8 @@ class ShardSubscription:
         return carried
 
     async def _read(self, pubsub: PubSub) -> None:
-        waiting_for_pong = False
         while True:
-            message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
-            if message is None:
-                if waiting_for_pong:
-                    raise ConnectionError("redis shard pub/sub connection is not answering")
-                await pubsub.ping()
-                waiting_for_pong = True
-                continue
-            waiting_for_pong = False
+            message = await next_message(pubsub, "redis shard pub/sub connection")
             kind = message["type"]
             if kind == "smessage":
                 session_id = self._keys.session_of(message["channel"])

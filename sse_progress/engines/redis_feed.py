@@ -125,16 +125,8 @@ class RedisFeed(Feed):
                     await pubsub.aclose()
 
     async def _read(self, pubsub: PubSub) -> None:
-        waiting_for_pong = False
         while True:
-            message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
-            if message is None:
-                if waiting_for_pong:
-                    raise ConnectionError("redis pub/sub connection is not answering")
-                await pubsub.ping()
-                waiting_for_pong = True
-                continue
-            waiting_for_pong = False
+            message = await next_message(pubsub, "redis pub/sub connection")
             kind = message["type"]
             if kind == "message":
                 session_id = self._keys.session_of(message["channel"])
@@ -153,3 +145,17 @@ class RedisFeed(Feed):
                 future.set_result(None)
         if not groups and session_id is not None:
             del self._waiters[session_id]
+
+
+async def next_message(pubsub: PubSub, what: str) -> dict[str, Any]:
+    """The next Pub/Sub message. An idle connection is pinged; a ping left unanswered means it is dead, which
+    TCP alone may take many minutes to notice."""
+    waiting_for_pong = False
+    while True:
+        message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
+        if message is not None:
+            return message
+        if waiting_for_pong:
+            raise ConnectionError(f"{what} is not answering")
+        await pubsub.ping()
+        waiting_for_pong = True
