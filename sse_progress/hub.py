@@ -7,6 +7,7 @@ listener's buffer; transports encode nothing per client.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from .coalesce import Coalescer
@@ -26,8 +27,9 @@ class Listener:
     """One client's view of a session's live events: a bounded buffer and a wake-up signal."""
 
     __slots__ = (
-        "_hub", "_waiter", "_woken", "aborted", "closing", "frames", "gone", "heartbeat_due", "needs_resync",
-        "overflowed", "pending_bytes", "session_id", "stall_mark", "task", "transport", "writes", "writing",
+        "_hub", "_waiter", "_woken", "aborted", "beat_group", "closing", "frames", "gone", "heartbeat_due",
+        "needs_resync", "overflowed", "pending_bytes", "session_id", "stall_mark", "task", "transport", "writes",
+        "writing",
     )  # fmt: skip
 
     def __init__(self, hub: Hub, session_id: str, transport: str) -> None:
@@ -51,6 +53,7 @@ class Listener:
         self.aborted = False
         self.gone = False
         self.heartbeat_due = False
+        self.beat_group: set[Listener] = set()
 
     def push(self, frame: Frame) -> None:
         if self.overflowed:
@@ -136,6 +139,11 @@ class Hub:
         self.closing = False
         self.read_session: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
         self._ticker: asyncio.Task[None] | None = None
+        # Listeners are spread over as many groups as the timer ticks per heartbeat, and each tick beats one
+        # group: 10,000 heartbeat writes at once would stall every delivery for a tenth of a second.
+        self._tick_seconds = min(heartbeat, SHUTDOWN_POLL_SECONDS)
+        self._beat_groups: list[set[Listener]] = [set() for _ in range(max(1, round(heartbeat / self._tick_seconds)))]
+        self._joined = 0
         self._sessions: dict[str, set[Listener]] = {}
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._feed: Feed | None = None
@@ -167,6 +175,11 @@ class Hub:
             listeners = self._sessions[session_id] = set()
             self._ready[session_id] = asyncio.ensure_future(self.feed.add(session_id))
         listeners.add(listener)
+        self._joined += 1
+        listener.beat_group = self._beat_groups[self._joined % len(self._beat_groups)]
+        listener.beat_group.add(listener)
+        if self.closing:
+            listener.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._ready[session_id]), SUBSCRIBE_TIMEOUT)
         except BaseException as error:
@@ -181,6 +194,7 @@ class Hub:
         if listeners is None or listener not in listeners:
             return
         listeners.discard(listener)
+        listener.beat_group.discard(listener)
         if not listeners:
             del self._sessions[listener.session_id]
             ready = self._ready.pop(listener.session_id, None)
@@ -192,18 +206,12 @@ class Hub:
 
     async def _tick(self) -> None:
         """One timer for every connection of the process: heartbeats, stalled writes, and shutdown."""
-        loop = asyncio.get_running_loop()
-        interval = min(self.heartbeat, SHUTDOWN_POLL_SECONDS)
-        next_beat = loop.time() + self.heartbeat
-        while True:
-            await asyncio.sleep(interval)
+        for tick in itertools.count(1):
+            await asyncio.sleep(self._tick_seconds)
             if not self.closing and server_is_exiting():
                 self.close_all()
-            if loop.time() >= next_beat:
-                next_beat = loop.time() + self.heartbeat
-                for listeners in list(self._sessions.values()):
-                    for listener in listeners:
-                        listener.beat()
+            for listener in list(self._beat_groups[tick % len(self._beat_groups)]):
+                listener.beat()
 
     def close_all(self) -> None:
         """The server is stopping: end every stream so its client reconnects, to another instance if any."""
