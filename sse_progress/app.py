@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from .auth import TokenAuthority
 from .config import Settings
 from .engines import Engine, EngineUnavailable, create_engine
-from .errors import ApiError, error_response, handle_api_error
+from .errors import ApiError, error_response, handle_api_error, store_unavailable
 from .hub import Hub
 from .openapi import openapi_schema
 from .ratelimit import RateLimiter
@@ -72,7 +72,7 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
-    return error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
+    return store_unavailable()
 
 
 class NoSniff:
@@ -103,7 +103,7 @@ class ProgressApp(Starlette):
     """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             match = sse.EVENTS_PATH.fullmatch(path)
             if match is not None:

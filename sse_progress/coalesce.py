@@ -1,7 +1,7 @@
 """One call for many identical requests, as long as the call has not started yet.
 
 A reconnect storm brings every client of a session back at once with the same ``Last-Event-ID``: each would
-read the same history and parse the same frames. Requests that arrive before the shared call starts (within
+read the same history from the store. Requests that arrive before the shared call starts (within
 the same turn of the event loop) get its result; a request arriving later starts a new call. That rule is what
 keeps replay exact: a client subscribes before it asks for history, so a call that starts after its request
 also starts after its subscription.

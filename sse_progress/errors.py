@@ -21,3 +21,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.message, exc.headers)
+
+
+def store_unavailable() -> JSONResponse:
+    return error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})

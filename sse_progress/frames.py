@@ -6,6 +6,7 @@ The envelope JSON never contains a raw newline (JSON escapes control characters 
 
 from __future__ import annotations
 
+import random
 from typing import Literal
 
 import orjson
@@ -66,6 +67,15 @@ class Frame:
 
 def retry_line(milliseconds: int) -> bytes:
     return b"retry: %d\n\n" % milliseconds
+
+
+SHUTDOWN_RETRY_MS = (250, 2000)
+
+
+def shutdown_retry_line() -> bytes:
+    """The last words of a stream ended by a shutdown: a random short delay spreads the reconnects, so the
+    remaining instances are not hit by every client at once."""
+    return retry_line(random.randint(*SHUTDOWN_RETRY_MS))
 
 
 HEARTBEAT = b": ping\n\n"

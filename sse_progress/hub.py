@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable
 
 from .coalesce import Coalescer
 from .engines import Engine, EngineUnavailable, Feed, SessionView
@@ -82,13 +83,12 @@ class Listener:
         self.gone = True
         self._wake()
 
-    def set(self) -> None:
-        """The server is shutting down: end this client's stream so it reconnects elsewhere.
-
-        Named ``set`` because sse-starlette signals shutdown by calling ``set()`` on the response's event.
-        """
+    def shut_down(self) -> None:
+        """The server is shutting down: end this client's stream so it reconnects elsewhere."""
         self.closing = True
         self._wake()
+
+    set = shut_down  # sse-starlette signals shutdown by calling set() on the response's "event"
 
     def resync(self) -> None:
         self.needs_resync = True
@@ -96,14 +96,26 @@ class Listener:
 
     def beat(self) -> None:
         """Called by the hub's timer once per heartbeat interval."""
-        if self.writing and self.stall_mark == self.writes:
-            # One write has been blocked for a whole interval: the client stopped reading.
-            METRICS.slow_consumer_disconnects.inc()
-            self.abort()
-            return
-        self.stall_mark = self.writes
+        if self.writing:
+            if self.stall_mark == self.writes:
+                # The same write was in progress at the previous beat: the client stopped reading.
+                METRICS.slow_consumer_disconnects.inc()
+                self.abort()
+                return
+            self.stall_mark = self.writes
+        else:
+            self.stall_mark = -1
         self.heartbeat_due = True
         self._wake()
+
+    async def write(self, sending: Awaitable[None]) -> None:
+        """Awaits one write to the client, marked as in progress so that a stalled one can be aborted."""
+        self.writing = True
+        try:
+            await sending
+        finally:
+            self.writing = False
+        self.writes += 1
 
     async def wait(self) -> None:
         if not self._woken:
@@ -179,7 +191,7 @@ class Hub:
         listener.beat_group = self._beat_groups[self._joined % len(self._beat_groups)]
         listener.beat_group.add(listener)
         if self.closing:
-            listener.set()
+            listener.shut_down()
         try:
             await asyncio.wait_for(asyncio.shield(self._ready[session_id]), SUBSCRIBE_TIMEOUT)
         except BaseException as error:
@@ -218,7 +230,7 @@ class Hub:
         self.closing = True
         for listeners in self._sessions.values():
             for listener in listeners:
-                listener.set()
+                listener.shut_down()
 
     def connections(self, session_id: str | None = None) -> int:
         if session_id is not None:

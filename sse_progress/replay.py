@@ -126,9 +126,10 @@ class SessionStream:
         return cls(hub.engine, listener, replay)
 
     async def batches(self) -> AsyncIterator[list[Frame]]:
-        if self.replay.frames:
-            yield self.replay.frames
-            if self.replay.finished:
+        replay, self.replay = self.replay, Replay()  # the replayed frames are not kept for the stream's life
+        if replay.frames:
+            yield replay.frames
+            if replay.finished:
                 return
         listener = self.listener
         while True:

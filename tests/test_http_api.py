@@ -51,6 +51,17 @@ async def test_unknown_routes_and_methods_get_json_errors(client: httpx.AsyncCli
     assert wrong.status_code == 405 and "DELETE" in wrong.json()["error"] and "GET" in wrong.headers["allow"]
 
 
+async def test_head_of_a_stream_answers_its_headers_without_opening_it(
+    server: LiveServer, client: httpx.AsyncClient, session_id: str
+) -> None:
+    url = f"/sessions/{session_id}/events"
+    response = await client.head(url, params={"token": server.token(session_id)})
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers.get_list("x-content-type-options") == ["nosniff"]
+    assert (await client.head(url)).status_code == 401
+
+
 async def test_history_lists_events_after_an_id(server: LiveServer, client: httpx.AsyncClient, session_id: str) -> None:
     publisher = Publisher(server.url, server.token(session_id, "publish"), session_id)
     events = [await publisher.step(n) for n in (1, 2, 3)]

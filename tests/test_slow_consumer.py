@@ -49,13 +49,15 @@ class StalledReader:
         self.received = b""
 
     @classmethod
-    async def open(cls, server: LiveServer, session_id: str) -> StalledReader:
+    async def open(cls, server: LiveServer, session_id: str, resume: str | None = None) -> StalledReader:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
         path = f"/sessions/{session_id}/events?token={server.token(session_id)}"
+        if resume is not None:
+            path += f"&last_event_id={resume}"
         writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
         stalled = cls(reader, writer)
         while b"retry:" not in stalled.received:
@@ -173,3 +175,20 @@ async def test_a_write_blocked_for_a_heartbeat_interval_ends_the_stream(
     assert not raw.endswith(b"0\r\n\r\n")
     got = complete_event_ids(raw)
     assert got == published[: len(got)] and len(got) < len(published)
+
+
+async def test_a_finished_stream_whose_client_stopped_reading_is_still_closed(
+    large_buffers: LiveServer, session_id: str
+) -> None:
+    """The whole history leaves in one write that fills the socket: the end of the response must not wait
+    for a reader that never comes back."""
+    server = large_buffers
+    publisher = Publisher(server.url, server.token(session_id, "publish"), session_id, total=EVENTS)
+    for etapa in range(1, EVENTS + 1):  # more than the kernel's socket buffers hold
+        await publisher.step(etapa, "success" if etapa == EVENTS else "running", dados_extra={"pad": PADDING})
+    await publisher.aclose()
+    before = await slow_consumer_disconnects(server)
+    stalled = await StalledReader.open(server, session_id, resume="earliest")
+    await wait_for_metric_above(server, before)
+    raw = await stalled.read_to_end()
+    assert not raw.endswith(b"0\r\n\r\n")

@@ -92,3 +92,24 @@ async def test_cors_allows_configured_origins_with_credentials(redis_url: str, s
                 assert stream.headers.get("access-control-allow-credentials") == ("true" if allowed else None)
     finally:
         live.stop()
+
+
+async def test_a_wildcard_cors_origin_lets_any_site_read_streams_with_a_token(redis_url: str, session_id: str) -> None:
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "*"})
+    live.start()
+    try:
+        async with httpx.AsyncClient() as client:
+            stream = await client.get(
+                f"{live.url}/sessions/{session_id}/events",
+                params={"token": live.token(session_id), "mode": "poll"},
+                headers={"Origin": "https://anywhere.example"},
+            )
+            snapshot = await client.get(
+                f"{live.url}/sessions/{session_id}/history",
+                params={"token": live.token(session_id)},
+                headers={"Origin": "https://anywhere.example"},
+            )
+    finally:
+        live.stop()
+    for response in (stream, snapshot):
+        assert response.headers["access-control-allow-origin"] == "https://anywhere.example"

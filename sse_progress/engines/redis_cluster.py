@@ -7,8 +7,9 @@ on the one master that owns the session's slot. Events are announced with sharde
 broadcast to every node of the cluster. Needs Redis >= 7.0 (the single-Redis engine keeps ``PUBLISH`` and runs
 on older servers).
 
-Connections per process: at most ``pool_size`` command connections per master (a semaphore makes a burst of
-commands queue, as the single-Redis engine's blocking pool does), plus one Pub/Sub connection per master that
+Connections per process: at most ``pool_size`` commands in flight at once across the cluster, so at most that
+many command connections per master (a semaphore makes a burst of commands queue, as the single-Redis engine's
+blocking pool does), plus one Pub/Sub connection per master that
 owns a followed session (see ``redis_cluster_feed``).
 """
 

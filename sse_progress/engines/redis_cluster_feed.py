@@ -168,7 +168,6 @@ class ShardSubscription:
     def __init__(self, feed: RedisClusterFeed, address: Address, client: aioredis.Redis, keys: RedisKeys) -> None:
         self.address = address
         self.sessions: set[str] = set()
-        self.reconnects = 0
         self.connected = False
         self._feed = feed
         self._client = client
@@ -252,7 +251,6 @@ class ShardSubscription:
                 if not first:
                     self._resync_due = set(carried)
                     self._resync_wanted = True
-                    self.reconnects += 1
                     log.warning("redis shard %s:%s pub/sub reconnected; resyncing open streams", *self.address)
                 # One SSUBSCRIBE per session: channels of different slots in one command are refused (CROSSSLOT).
                 for session_id in carried:

@@ -48,7 +48,6 @@ class RedisFeed(Feed):
         # One group of futures per SUBSCRIBE sent for a channel; each acknowledgement completes the oldest.
         self._waiters: dict[str, deque[list[asyncio.Future[None]]]] = {}
         self._pubsub: PubSub | None = None
-        self.reconnects = 0
         self.connected = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sse-progress-feed")
 
@@ -104,7 +103,6 @@ class RedisFeed(Feed):
                     await pubsub.subscribe(*wanted)
                 self.connected = True
                 if not first:
-                    self.reconnects += 1
                     log.warning("redis pub/sub reconnected; resyncing open streams")
                     self._on_resync()
                 first = False

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
@@ -24,15 +24,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..auth import Role
 from ..engines import EngineUnavailable
-from ..errors import ApiError, error_response
-from ..frames import HEARTBEAT, retry_line
+from ..errors import ApiError, error_response, store_unavailable
+from ..frames import HEARTBEAT, retry_line, shutdown_retry_line
 from ..hub import Listener
 from ..logs import log_connection_closed, log_connection_opened
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
-
-SHUTDOWN_GRACE_SECONDS = 2.0
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
 EVENT_STREAM_RAW_HEADERS = [
@@ -40,6 +38,7 @@ EVENT_STREAM_RAW_HEADERS = [
     *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
 ]
 EVENTS_PATH = re.compile(r"/sessions/([^/]+)/events")
+STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
 
 
 def resume_id(request: Request) -> str | None:
@@ -59,9 +58,10 @@ async def _respond(request: Request) -> Response:
     except ApiError as error:
         response = error_response(error.status, error.message, error.headers)
     except EngineUnavailable:
-        response = error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
+        response = store_unavailable()
     origin = request.headers.get("origin")
-    if origin is not None and origin in Service.of(request).settings.cors_origins:
+    allowed = Service.of(request).settings.cors_origins
+    if origin is not None and (origin in allowed or "*" in allowed):
         response.raw_headers.extend(
             [
                 (b"access-control-allow-origin", origin.encode()),
@@ -83,6 +83,8 @@ async def events(request: Request) -> Response:
         return await _poll(service, session_id, resume_id(request))
     if mode != "stream":
         raise ApiError(400, "mode must be 'stream' (the default) or 'poll'")
+    if request.method == "HEAD":  # the headers a stream would get, without opening one
+        return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
     service.admit_connection()
     resume = resume_id(request)
     try:
@@ -117,13 +119,14 @@ class EventStream(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
             sent, reason = await _deliver(self.stream, send)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await _write(send, listener, b"", more_body=False)
         except asyncio.CancelledError:
             if not listener.aborted:
                 raise
-            # The client stopped reading (its buffer overflowed, or one write blocked for a heartbeat
-            # interval): drop the connection. It reconnects with Last-Event-ID and replays from the stream.
+            # The client stopped reading (its buffer overflowed, or one write was in progress at two
+            # heartbeats): drop the connection. It reconnects with Last-Event-ID and replays from the stream.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            STREAM_ABORTED.set(True)
             reason = "too slow"
         finally:
             watcher.cancel()
@@ -152,25 +155,24 @@ async def _deliver(stream: SessionStream, send: Send) -> tuple[int, str]:
     except EngineUnavailable:
         return sent, "event store unavailable"  # the client reconnects and resumes once it is back
     except ServerClosing:
-        # Spread the reconnects so the remaining instances are not hit by all clients at once.
-        await _write(send, listener, retry_line(random.randint(250, 2000)))
+        await _write(send, listener, shutdown_retry_line())
         return sent, "shutdown"
     return sent, "client left" if listener.gone else "finished"
 
 
-async def _write(send: Send, listener: Listener, body: bytes) -> None:
-    listener.writing = True
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-    listener.writing = False
-    listener.writes += 1
+async def _write(send: Send, listener: Listener, body: bytes, more_body: bool = True) -> None:
+    await listener.write(send({"type": "http.response.body", "body": body, "more_body": more_body}))
 
 
 class HideAbortedStreams(logging.Filter):
     """uvicorn reports a response that ended without its last message as an error; for a stream aborted
-    because its client stopped reading that is the intent, and the connection log already says why."""
+    because its client stopped reading that is the intent, and the connection log already says why.
+
+    uvicorn logs it in the request's own task, after the app returned, so the flag the stream set in that
+    task's context tells this stream from any other response that ended early."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "ASGI callable returned without completing response."
+        return not (record.msg == "ASGI callable returned without completing response." and STREAM_ABORTED.get())
 
 
 HIDE_ABORTED_STREAMS = HideAbortedStreams()  # one instance, so adding it again changes nothing
@@ -193,7 +195,7 @@ def _sse_starlette_response(stream: SessionStream, service: Service) -> Response
         sep="\n",
         # sse-starlette calls set() on this at shutdown: the listener wakes and the stream says goodbye.
         shutdown_event=stream.listener,  # type: ignore[arg-type]
-        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+        shutdown_grace_period=2.0,
     )
 
 
@@ -211,9 +213,11 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int) -> AsyncIter
         reason = "finished"
     except SlowConsumer:
         reason = "too slow"
+    except EngineUnavailable:
+        reason = "event store unavailable"
     except ServerClosing:
         reason = "shutdown"
-        yield retry_line(random.randint(250, 2000))
+        yield shutdown_retry_line()
     finally:
         stream.close()
         METRICS.open_connections.labels("sse").dec()

@@ -25,7 +25,6 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 CLOSE_TIMEOUT_SECONDS = 5.0
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
@@ -125,10 +124,7 @@ class SocketStream:
         try:
             async for batch in self.stream.batches():
                 for frame in batch:  # an empty batch is a heartbeat: WebSocket pings are uvicorn's
-                    listener.writing = True
-                    await self.websocket.send_text(frame.text)
-                    listener.writing = False
-                    listener.writes += 1
+                    await listener.write(self.websocket.send_text(frame.text))
                     self.sent += 1
                 delivered.inc(len(batch))
         except SlowConsumer:
