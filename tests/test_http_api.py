@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .clients import Publisher
+from .clients import Publisher, collect_until_end, follow
 from .conftest import LiveServer
 
 
@@ -241,3 +241,20 @@ async def test_publishing_faster_than_the_rate_limit_gets_429_with_retry_after(r
             assert len(history.json()["events"]) == statuses.count(201)
     finally:
         live.stop()
+
+
+async def test_the_sse_starlette_responder_serves_the_same_stream(redis_url: str, session_id: str) -> None:
+    """``SSE_PROGRESS_RESPONDER=sse-starlette`` (kept for the benchmark) still honours the replay contract."""
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_RESPONDER": "sse-starlette"})
+    live.start()
+    try:
+        publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=3)
+        published = [(await publisher.step(etapa))["id"] for etapa in (1, 2)]
+        async with follow("sse", live.url, session_id, live.token(session_id), published[0]) as stream:
+            replayed = await stream.next()
+            published.append((await publisher.step(3, "success"))["id"])
+            frames = [replayed, *await collect_until_end(stream)]
+        await publisher.aclose()
+    finally:
+        live.stop()
+    assert [(frame.kind, frame.id) for frame in frames if frame] == [("progress_update", i) for i in published[1:]]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
@@ -27,10 +26,10 @@ from ..engines import EngineUnavailable
 from ..errors import ApiError, error_response, store_unavailable
 from ..frames import HEARTBEAT, retry_line, shutdown_retry_line
 from ..hub import Listener
-from ..logs import log_connection_closed, log_connection_opened
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
+from .connection import OpenConnection
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
 EVENT_STREAM_RAW_HEADERS = [
@@ -91,34 +90,33 @@ async def events(request: Request) -> Response:
         stream = await SessionStream.open(service.hub, session_id, resume, "sse")
     except AlreadyFinished:
         return Response(status_code=204)
-    log_connection_opened(session_id, "sse", resume)
     if service.settings.responder == "sse-starlette":
-        return _sse_starlette_response(stream, service)
-    return EventStream(stream, service.settings.retry_ms)
+        return _sse_starlette_response(stream, service, resume)
+    return EventStream(stream, service.settings.retry_ms, resume)
 
 
 class EventStream(Response):
     """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
 
-    def __init__(self, stream: SessionStream, retry_ms: int) -> None:
+    def __init__(self, stream: SessionStream, retry_ms: int, resume: str | None) -> None:
         # Not Response.__init__: it would announce a Content-Length for the empty body.
         self.status_code = 200
         self.background = None
         self.raw_headers = list(EVENT_STREAM_RAW_HEADERS)  # middleware may append to it
         self.stream = stream
         self.retry_ms = retry_ms
+        self.resume = resume
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = self.stream.listener
         listener.task = asyncio.current_task()
         watcher = asyncio.ensure_future(_notice_departure(receive, listener))
-        METRICS.open_connections.labels("sse").inc()
-        started, reason = time.monotonic(), "client left"
-        sent = 0
+        connection = OpenConnection(listener.session_id, "sse", self.resume)
+        reason = "client left"
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
-            sent, reason = await _deliver(self.stream, send)
+            reason = await _deliver(self.stream, send, connection)
             await _write(send, listener, b"", more_body=False)
         except asyncio.CancelledError:
             if not listener.aborted:
@@ -132,15 +130,13 @@ class EventStream(Response):
             watcher.cancel()
             listener.task = None
             self.stream.close()
-            METRICS.open_connections.labels("sse").dec()
-            _log_close(self.stream, started, sent, reason)
+            connection.closed(reason)
 
 
-async def _deliver(stream: SessionStream, send: Send) -> tuple[int, str]:
-    """Writes every batch; returns the number of events sent and why the stream ended."""
+async def _deliver(stream: SessionStream, send: Send, connection: OpenConnection) -> str:
+    """Writes every batch, counting the events sent on ``connection``; returns why the stream ended."""
     listener = stream.listener
     delivered = METRICS.events_delivered.labels("sse")
-    sent = 0
     try:
         async for batch in stream.batches():
             if not batch:
@@ -149,15 +145,15 @@ async def _deliver(stream: SessionStream, send: Send) -> tuple[int, str]:
             # One write per wake-up: frames that arrived together leave together.
             await _write(send, listener, batch[0].sse if len(batch) == 1 else b"".join([f.sse for f in batch]))
             delivered.inc(len(batch))
-            sent += len(batch)
+            connection.sent += len(batch)
     except SlowConsumer:
-        return sent, "too slow"
+        return "too slow"
     except EngineUnavailable:
-        return sent, "event store unavailable"  # the client reconnects and resumes once it is back
+        return "event store unavailable"  # the client reconnects and resumes once it is back
     except ServerClosing:
         await _write(send, listener, shutdown_retry_line())
-        return sent, "shutdown"
-    return sent, "client left" if listener.gone else "finished"
+        return "shutdown"
+    return "client left" if listener.gone else "finished"
 
 
 async def _write(send: Send, listener: Listener, body: bytes, more_body: bool = True) -> None:
@@ -186,9 +182,9 @@ async def _notice_departure(receive: Receive, listener: Listener) -> None:
     listener.left()
 
 
-def _sse_starlette_response(stream: SessionStream, service: Service) -> Response:
+def _sse_starlette_response(stream: SessionStream, service: Service, resume: str | None) -> Response:
     return EventSourceResponse(
-        _sse_starlette_body(stream, service.settings.retry_ms),
+        _sse_starlette_body(stream, service.settings.retry_ms, resume),
         headers=STREAM_HEADERS,
         ping=service.settings.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
@@ -199,17 +195,17 @@ def _sse_starlette_response(stream: SessionStream, service: Service) -> Response
     )
 
 
-async def _sse_starlette_body(stream: SessionStream, retry_ms: int) -> AsyncIterator[bytes]:
-    METRICS.open_connections.labels("sse").inc()
+async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str | None) -> AsyncIterator[bytes]:
+    connection = OpenConnection(stream.listener.session_id, "sse", resume)
     delivered = METRICS.events_delivered.labels("sse")
-    started, sent, reason = time.monotonic(), 0, "client left"
+    reason = "client left"
     try:
         yield retry_line(retry_ms)
         async for batch in stream.batches():
             if batch:  # sse-starlette sends its own heartbeats
                 yield b"".join([frame.sse for frame in batch])
                 delivered.inc(len(batch))
-                sent += len(batch)
+                connection.sent += len(batch)
         reason = "finished"
     except SlowConsumer:
         reason = "too slow"
@@ -220,13 +216,7 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int) -> AsyncIter
         yield shutdown_retry_line()
     finally:
         stream.close()
-        METRICS.open_connections.labels("sse").dec()
-        _log_close(stream, started, sent, reason)
-
-
-def _log_close(stream: SessionStream, started: float, sent: int, reason: str) -> None:
-    listener = stream.listener
-    log_connection_closed(listener.session_id, listener.transport, time.monotonic() - started, sent, reason)
+        connection.closed(reason)
 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -14,10 +13,10 @@ from ..auth import Role
 from ..engines import EngineUnavailable
 from ..errors import ApiError
 from ..events import format_event_id, now_iso
-from ..logs import log_connection_closed, log_connection_opened
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer
 from ..service import Service
+from .connection import OpenConnection
 
 log = logging.getLogger("sse_progress.connections")
 
@@ -57,7 +56,6 @@ async def session_socket(websocket: WebSocket) -> None:
     except EngineUnavailable:
         await _close(websocket, CLOSE_TRY_AGAIN, "event store unavailable")
         return
-    log_connection_opened(session_id, "ws", resume)
     # Sent once the session is followed: an event published after the client reads it is not missed.
     try:
         await _send(
@@ -72,22 +70,20 @@ async def session_socket(websocket: WebSocket) -> None:
     except DISCONNECTED:
         stream.close()
         return
-    await SocketStream(websocket, service, stream).run()
+    await SocketStream(websocket, service, stream, resume).run()
 
 
 class SocketStream:
     """One WebSocket client following one session: a task writing frames, a task answering control messages."""
 
-    def __init__(self, websocket: WebSocket, service: Service, stream: SessionStream) -> None:
+    def __init__(self, websocket: WebSocket, service: Service, stream: SessionStream, resume: str | None) -> None:
         self.websocket = websocket
         self.service = service
         self.stream = stream
-        self.sent = 0
+        self.connection = OpenConnection(stream.listener.session_id, "ws", resume)
 
     async def run(self) -> None:
         listener = self.stream.listener
-        METRICS.open_connections.labels("ws").inc()
-        started = time.monotonic()
         sender = asyncio.ensure_future(self._deliver())
         receiver = asyncio.ensure_future(self._receive())
         # The hub cancels the sender when it is blocked writing to a client that stopped reading.
@@ -100,9 +96,8 @@ class SocketStream:
             listener.task = None
             # Release the buffer before the close handshake, which waits for a slow client to read.
             self.stream.close()
-            METRICS.open_connections.labels("ws").dec()
-        code, reason = self._ending(sender, receiver)
-        log_connection_closed(listener.session_id, "ws", time.monotonic() - started, self.sent, reason)
+            code, reason = self._ending(sender, receiver)
+            self.connection.closed(reason)
         if code is not None:
             await _close(self.websocket, code, reason)
 
@@ -125,7 +120,7 @@ class SocketStream:
             async for batch in self.stream.batches():
                 for frame in batch:  # an empty batch is a heartbeat: WebSocket pings are uvicorn's
                     await listener.write(self.websocket.send_text(frame.text))
-                    self.sent += 1
+                    self.connection.sent += 1
                 delivered.inc(len(batch))
         except SlowConsumer:
             return CLOSE_TRY_AGAIN, "too slow"
