@@ -33,7 +33,7 @@ class Listener:
         "writing",
     )  # fmt: skip
 
-    def __init__(self, hub: Hub, session_id: str, transport: str) -> None:
+    def __init__(self, hub: Hub, session_id: str, transport: str, beat_group: set[Listener]) -> None:
         self._hub = hub
         self.session_id = session_id
         self.transport = transport
@@ -54,7 +54,8 @@ class Listener:
         self.aborted = False
         self.gone = False
         self.heartbeat_due = False
-        self.beat_group: set[Listener] = set()
+        self.beat_group = beat_group  # the hub's heartbeat group this listener belongs to
+        beat_group.add(self)
 
     def push(self, frame: Frame) -> None:
         if self.overflowed:
@@ -149,7 +150,7 @@ class Hub:
         self.buffer_bytes = buffer_bytes
         self.heartbeat = heartbeat
         self.closing = False
-        self.read_session: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
+        self._reads: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
         self._ticker: asyncio.Task[None] | None = None
         # Listeners are spread over as many groups as the timer ticks per heartbeat, and each tick beats one
         # group: 10,000 heartbeat writes at once would stall every delivery for a tenth of a second.
@@ -179,17 +180,19 @@ class Hub:
             raise RuntimeError("the hub is not started")
         return self._feed
 
+    def read_session(self, session_id: str, after: EventId | None) -> Awaitable[SessionView]:
+        """``Engine.read``, shared by identical requests made before the read starts (see ``coalesce``)."""
+        return self._reads((session_id, after))
+
     async def listen(self, session_id: str, transport: str) -> Listener:
         """A listener that receives every event published to the session from now on."""
-        listener = Listener(self, session_id, transport)
+        self._joined += 1
+        listener = Listener(self, session_id, transport, self._beat_groups[self._joined % len(self._beat_groups)])
         listeners = self._sessions.get(session_id)
         if listeners is None:
             listeners = self._sessions[session_id] = set()
             self._ready[session_id] = asyncio.ensure_future(self.feed.add(session_id))
         listeners.add(listener)
-        self._joined += 1
-        listener.beat_group = self._beat_groups[self._joined % len(self._beat_groups)]
-        listener.beat_group.add(listener)
         if self.closing:
             listener.shut_down()
         try:

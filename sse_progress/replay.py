@@ -12,7 +12,7 @@ with the snapshot if there is one, else with the first event that arrives.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .engines import Engine, EngineUnavailable, SessionView
@@ -24,6 +24,9 @@ from .metrics import METRICS
 # Pauses between the attempts at a resync read. Right after Redis restarts, the pooled command connections are
 # dead and the first command on each fails; the next attempt opens a fresh connection.
 RESYNC_RETRY_DELAYS = (0.1, 0.5, 1.5)
+
+Reader = Callable[[str, EventId | None], Awaitable[SessionView]]
+"""Reads a session's snapshot and the history after an id, as ``Engine.read`` does."""
 
 
 class AlreadyFinished(Exception):
@@ -64,10 +67,12 @@ def resume_point(resume: str | None) -> EventId | str | None:
     return "invalid" if event_id is None else event_id
 
 
-async def plan_replay(engine: Engine, session_id: str, resume: str | None) -> Replay:
-    """The frames a client resuming from ``resume`` gets before live events. Raises ``AlreadyFinished``."""
+async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Replay:
+    """The frames a client resuming from ``resume`` gets before live events. Raises ``AlreadyFinished``.
+
+    ``read`` is ``Engine.read``, or ``Hub.read_session`` to share the read with identical requests."""
     after = resume_point(resume)
-    view = await engine.read(session_id, after if isinstance(after, tuple) else None)
+    view = await read(session_id, after if isinstance(after, tuple) else None)
     return plan(view, after)
 
 
@@ -115,10 +120,8 @@ class SessionStream:
     async def open(cls, hub: Hub, session_id: str, resume: str | None, transport: str) -> SessionStream:
         listener = await hub.listen(session_id, transport)
         try:
-            after = resume_point(resume)
             # Shared with the clients that asked for the same read before it started (a reconnect storm).
-            view = await hub.read_session((session_id, after if isinstance(after, tuple) else None))
-            replay = plan(view, after)
+            replay = await plan_replay(hub.read_session, session_id, resume)
         except BaseException:
             listener.close()
             raise
@@ -175,7 +178,7 @@ class SessionStream:
             replay = await self._reread()
         except AlreadyFinished as finished:
             # The store went back to before a terminal event this client never got.
-            replay = Replay([Frame.from_envelope(finished.terminal.data, "reset")])
+            replay = _reset(finished.terminal.data)
         METRICS.events_replayed.inc(len(replay.frames))
         self.reset_next = self.reset_next or replay.reset_next
         return replay.frames
@@ -185,10 +188,10 @@ class SessionStream:
         resume = None if self.last_id is None else format_event_id(self.last_id)
         for delay in RESYNC_RETRY_DELAYS:
             try:
-                return await plan_replay(self.engine, self.listener.session_id, resume)
+                return await plan_replay(self.engine.read, self.listener.session_id, resume)
             except EngineUnavailable:
                 await asyncio.sleep(delay)
-        return await plan_replay(self.engine, self.listener.session_id, resume)
+        return await plan_replay(self.engine.read, self.listener.session_id, resume)
 
     def _live(self, frames: list[Frame]) -> list[Frame] | None:
         """The live frames to send, or None when one of them is not newer than the last sent (see ``_resync``)."""

@@ -33,7 +33,7 @@ from redis.retry import Retry
 
 from .base import Feed, MessageHandler, ResyncHandler
 from .cluster_url import node_url
-from .redis_feed import next_message
+from .redis_feed import next_message, stop_reader
 
 if TYPE_CHECKING:
     from .redis import RedisKeys
@@ -215,14 +215,7 @@ class ShardSubscription:
                 await pubsub.sunsubscribe(self._keys.channel(session_id))
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        for groups in self._waiters.values():
-            for group in groups:
-                for future in group:
-                    future.cancel()
-        await self._client.aclose()
+        await stop_reader(self._task, self._waiters, self._client)
 
     async def _enlist(self, session_id: str, futures: WaiterGroup) -> None:
         self.sessions.add(session_id)

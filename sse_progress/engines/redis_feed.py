@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 from collections import deque
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -75,14 +76,7 @@ class RedisFeed(Feed):
                 await pubsub.unsubscribe(self._keys.channel(session_id))
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        for groups in self._waiters.values():
-            for group in groups:
-                for future in group:
-                    future.cancel()
-        await self._client.aclose()
+        await stop_reader(self._task, self._waiters, self._client)
 
     async def _run(self) -> None:
         failures = 0
@@ -143,6 +137,20 @@ class RedisFeed(Feed):
                 future.set_result(None)
         if not groups and session_id is not None:
             del self._waiters[session_id]
+
+
+async def stop_reader(
+    task: asyncio.Task[None], waiters: Mapping[str, Iterable[list[asyncio.Future[None]]]], client: aioredis.Redis
+) -> None:
+    """Stop a feed's reader task, fail every subscription still waiting for its acknowledgement, and close."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    for groups in waiters.values():
+        for group in groups:
+            for future in group:
+                future.cancel()
+    await client.aclose()
 
 
 async def next_message(pubsub: PubSub, what: str) -> dict[str, Any]:

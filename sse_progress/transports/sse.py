@@ -221,7 +221,7 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
-        replay = await plan_replay(service.engine, session_id, resume)
+        replay = await plan_replay(service.engine.read, session_id, resume)
     except AlreadyFinished:
         return Response(status_code=204)
     body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
