@@ -95,7 +95,7 @@ class NoSniff:
 
 
 class ProgressApp(Starlette):
-    """Sends ``GET /sessions/{sid}/events`` straight to the SSE endpoint, past the middleware stack.
+    """Sends ``GET`` (and ``HEAD``) ``/sessions/{sid}/events`` straight to the SSE endpoint, past the middleware.
 
     A stream lives for minutes and its coroutine stack stays suspended for as long: each middleware layer
     would keep a frame per connection and add a call to every write. The endpoint applies the one

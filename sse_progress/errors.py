@@ -13,6 +13,9 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.message, self.headers)
+
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "error": message}, status_code=status, headers=headers)
@@ -20,7 +23,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
+    return exc.response()
 
 
 def store_unavailable() -> JSONResponse:

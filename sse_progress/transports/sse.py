@@ -23,7 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..auth import Role
 from ..engines import EngineUnavailable
-from ..errors import ApiError, error_response, store_unavailable
+from ..errors import ApiError, store_unavailable
 from ..frames import HEARTBEAT, retry_line, shutdown_retry_line
 from ..hub import Listener
 from ..metrics import METRICS
@@ -55,7 +55,7 @@ async def _respond(request: Request) -> Response:
     try:
         response = await events(request)
     except ApiError as error:
-        response = error_response(error.status, error.message, error.headers)
+        response = error.response()
     except EngineUnavailable:
         response = store_unavailable()
     origin = request.headers.get("origin")
