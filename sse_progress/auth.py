@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadData, BadSignature, URLSafeSerializer
+from itsdangerous.encoding import base64_decode, base64_encode
 from starlette.requests import HTTPConnection
 
 from .errors import ApiError
@@ -42,6 +43,11 @@ class Claims:
     role: Role
     expires: int
 
+    @property
+    def identity(self) -> str:
+        """What one issued token is, whatever its spelling: the key of per-token limits."""
+        return f"{self.role.value}:{self.session}:{self.expires}"
+
 
 class TokenAuthority:
     def __init__(self, secrets: tuple[str, ...], insecure: bool = False) -> None:
@@ -61,6 +67,12 @@ class TokenAuthority:
             claims = Claims(str(payload["s"]), Role(payload["r"]), int(payload["e"]))
         except (BadSignature, KeyError, TypeError, ValueError, OverflowError):
             raise ApiError(401, "invalid token: it is malformed or was not signed with this server's secret") from None
+        if not is_canonical(token):
+            raise ApiError(
+                401,
+                "invalid token: not spelled as it was issued (extra padding, characters or altered trailing bits); "
+                "send it exactly as issued",
+            )
         if claims.expires < time.time():
             raise ApiError(401, "token expired: ask for a new one")
         return claims
@@ -79,6 +91,20 @@ class TokenAuthority:
         if claims.session == ANY_SESSION and claims.role is Role.SUBSCRIBE:
             raise ApiError(403, "a subscribe token must name one session")
         return claims
+
+
+def is_canonical(token: str) -> bool:
+    """Whether each base64 part of a signed token is spelled the one way it is encoded.
+
+    The decoder forgives padding, characters outside the alphabet and the unused low bits of the last
+    character, so one signature has many spellings; only the issued one is accepted.
+    """
+    value, _, signature = token.rpartition(".")
+    body = value.removeprefix(".")  # a leading "." marks a compressed payload
+    try:
+        return all(base64_encode(base64_decode(part)).decode() == part for part in (body, signature))
+    except (BadData, UnicodeError):
+        return False
 
 
 def token_from(connection: HTTPConnection) -> str | None:

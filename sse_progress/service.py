@@ -39,9 +39,10 @@ class Service:
         if self.hub.connections() >= self.settings.max_connections:
             raise ApiError(503, "server at its connection limit; retry shortly", {"Retry-After": "5"})
 
-    def limit_publishing(self, connection: HTTPConnection, session_id: str) -> None:
-        # Per token and session: a wildcard publisher token serving many jobs gets a budget per job.
-        who = token_from(connection) or (connection.client.host if connection.client else "unknown")
+    def limit_publishing(self, connection: HTTPConnection, session_id: str, claims: Claims | None) -> None:
+        # Per token and session: a wildcard publisher token serving many jobs gets a budget per job. The token is
+        # known by its verified claims, never by its spelling; without token checks, by the client's address.
+        who = claims.identity if claims else (connection.client.host if connection.client else "unknown")
         wait = self.publish_limiter.retry_after(f"{who}\n{session_id}")
         if wait > 0:
             raise ApiError(

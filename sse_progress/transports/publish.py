@@ -146,8 +146,8 @@ async def publish(request: Request) -> Response:
     """
     service = Service.of(request)
     session_id = service.session_id(request)
-    service.authorize(request, session_id, Role.PUBLISH)
-    service.limit_publishing(request, session_id)
+    claims = service.authorize(request, session_id, Role.PUBLISH)
+    service.limit_publishing(request, session_id, claims)
     draft = draft_from_body(session_id, await read_limited_body(request))
     try:
         with METRICS.publish_latency.time():
