@@ -6,13 +6,39 @@ import json
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
-TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"]+")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+REDACTED = "[redacted]"
+# A query parameter as it appears in a logged path; its name is compared once percent-decoded, as the server
+# reads it (``?%74oken=`` is ``?token=``).
+QUERY_PARAMETER = re.compile(r"(?P<name>[^?&;\s\"=]+)=(?P<value>[^&;\s\"]*)")
+# A signed token (base64url payload "." base64url signature) wherever it appears, whatever carried it.
+TOKEN_SHAPED = re.compile(r"[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{20,}")
+# Every C0 and C1 control character and the Unicode line breaks: none may start a new line in a text log.
+CONTROL_CHARACTERS = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 connections_log = logging.getLogger("sse_progress.connections")
 
 
 def redact(text: str) -> str:
-    return TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+    """``text`` without tokens: the value of any parameter named ``token`` (once decoded), and anything shaped
+    like one."""
+    return TOKEN_SHAPED.sub(REDACTED, QUERY_PARAMETER.sub(_redact_token_parameter, text))
+
+
+def _redact_token_parameter(parameter: re.Match[str]) -> str:
+    if unquote_plus(parameter["name"]).strip().lower() != "token":
+        return parameter[0]
+    return f"{parameter['name']}={REDACTED}"
+
+
+def escape_control_characters(text: str) -> str:
+    """A request can carry CR, LF and other control characters (``%0A`` in a query): escaped, they cannot forge
+    a log line."""
+    return text.translate(CONTROL_CHARACTERS)
 
 
 class RedactTokens(logging.Filter):
@@ -22,7 +48,21 @@ class RedactTokens(logging.Filter):
         if isinstance(record.args, tuple):
             record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
         record.msg = redact(str(record.msg))
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            record.fields = {key: redact(v) if isinstance(v, str) else v for key, v in fields.items()}
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """One record, one line: control characters in the message (values taken from requests) are escaped.
+
+    A traceback, added after the message, keeps its lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_control_characters(record.message)
+        return super().formatMessage(record)
 
 
 def log_connection_opened(session_id: str, transport: str, resume: str | None) -> None:
@@ -78,7 +118,7 @@ def log_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
     formatter = (
         {"()": "sse_progress.logs.JsonFormatter"}
         if log_format == "json"
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        else {"()": "sse_progress.logs.TextFormatter", "fmt": TEXT_FORMAT}
     )
     handler = {"class": "logging.StreamHandler", "formatter": "default", "filters": ["redact"]}
     return {

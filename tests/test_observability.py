@@ -487,3 +487,51 @@ async def test_event_streams_send_nosniff(server: LiveServer, session_id: str, m
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-content-type-options"] == "nosniff"
+
+
+FORGED_LINE = "2026-11-29 12:00:00,000 ERROR sse_progress.auth: admin token leaked"
+
+
+async def test_a_resume_id_cannot_forge_a_log_line(text_log_server: CliServer, session_id: str) -> None:
+    """CR, LF and other control characters taken from a request are escaped: each record stays one line."""
+    publisher = Publisher(text_log_server.url, text_log_server.token(session_id, "publish"), session_id)
+    await publisher.step(1)
+    await publisher.aclose()
+    token = text_log_server.token(session_id)
+    resume = f"1-0\n{FORGED_LINE}\r\x1b[2J\u2028{FORGED_LINE}"
+    async with (
+        httpx.AsyncClient(base_url=text_log_server.url, timeout=10) as http,
+        http.stream(
+            "GET", f"/sessions/{session_id}/events", params={"token": token, "last_event_id": resume}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        await anext(response.aiter_raw())
+    async with follow("ws", text_log_server.url, session_id, token, resume=resume) as follower:
+        assert await follower.next() is not None  # a reset frame: the stream is open and its line written
+    wait_until(
+        lambda: text_log_server.log_text().count(f"of session {session_id}, resuming after 1-0") == 2,
+        10,
+        "both opened lines",
+    )
+    lines = text_log_server.log_text().splitlines()
+    assert not any(line.startswith(FORGED_LINE) or "\x1b" in line or "\r" in line for line in lines)
+    escaped = [line for line in lines if f"of session {session_id}, resuming after" in line]
+    assert len(escaped) == 2
+    assert escaped[0].endswith(f"1-0\\n{FORGED_LINE}\\r\\x1b[2J\\u2028{FORGED_LINE}"), escaped  # the SSE stream
+    assert escaped[1].endswith(f"\\x1b[2J\\u2028{FORGED_LINE}"), escaped  # the WebSocket client drops CR and LF
+
+
+@pytest.mark.parametrize("name", ["%74oken", "tok%65n", "%74%6F%6B%65%6E"])
+async def test_a_token_parameter_with_an_encoded_name_is_redacted(
+    text_log_server: CliServer, session_id: str, name: str
+) -> None:
+    """The server decodes parameter names, so ``?%74oken=`` carries a token as well as ``?token=`` does."""
+    token = text_log_server.token(session_id)
+    async with httpx.AsyncClient(base_url=text_log_server.url, timeout=10) as http:
+        # httpx would re-encode a name given in params: the query goes in the URL as written.
+        poll = await http.get(f"/sessions/{session_id}/events?mode=poll&{name}={token}&last_event_id=0")
+        assert poll.status_code == 200  # the token was accepted under its encoded name
+    access_line = f"/sessions/{session_id}/events?mode=poll&{name}=[redacted]&last_event_id=0"
+    wait_until(lambda: access_line in text_log_server.log_text(), 10, "the access log line of the poll")
+    assert token not in text_log_server.log_text()
