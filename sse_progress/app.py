@@ -27,6 +27,7 @@ from .hub import Hub
 from .openapi import openapi_schema
 from .ratelimit import RateLimiter
 from .service import Service
+from .sockets import raise_open_files_limit
 from .transports import ops, publish, snapshot, sse, ws
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tune_garbage_collector()
+        raise_open_files_limit()
         await hub.start()
         try:
             yield

@@ -20,6 +20,7 @@ from .config import ConfigError, Settings
 from .engines import MemoryEngine, SessionTerminal
 from .events import EventDraft, InvalidEvent, is_valid_session_id
 from .logs import log_config
+from .sockets import HTTP_PROTOCOL
 from .tracker import new_session_id
 
 APP_FACTORY = "sse_progress.app:create_app"
@@ -77,6 +78,7 @@ def serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
         ws_max_size=64 * 1024,
+        http=HTTP_PROTOCOL,
     )
     return 0
 

@@ -31,6 +31,11 @@ class Metrics:
         self.redis_reconnects = Counter(
             "sse_progress_redis_reconnects", "Pub/Sub reconnections after a lost connection", registry=self.registry
         )
+        self.header_timeouts = Counter(
+            "sse_progress_header_timeouts",
+            "Connections dropped for not completing a request's headers in time (SSE_PROGRESS_HEADER_TIMEOUT)",
+            registry=self.registry,
+        )
         self.publish_latency = Histogram(
             "sse_progress_publish_seconds",
             "Time to store and announce one event",
