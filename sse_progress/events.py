@@ -23,6 +23,8 @@ EVENT_ID_PATTERN = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 MAX_ID_PART = 2**64 - 1
 MAX_STEP = 2**53 - 1  # the largest integer every JSON reader (JavaScript's too) holds exactly
 MAX_DADOS_EXTRA_DEPTH = 64  # far below the JSON encoder's recursion limit, with room for the envelope around it
+# The integers every JSON reader of the envelope holds as integers: a wider one becomes a float somewhere.
+INT64_RANGE = range(-(2**63), 2**63)
 
 EventId = tuple[int, int]
 ZERO_ID: EventId = (0, 0)
@@ -162,10 +164,27 @@ def _validate_dados_extra(dados_extra: dict[str, Any]) -> None:
     # them a validation error instead of a failure when the event is stored or sent.
     if _nesting_depth(dados_extra) > MAX_DADOS_EXTRA_DEPTH:
         raise InvalidEvent("dados_extra", f"nested too deeply: at most {MAX_DADOS_EXTRA_DEPTH} levels")
+    wide = first_wide_integer(dados_extra, "dados_extra")
+    if wide is not None:
+        raise InvalidEvent(wide, "integer outside the 64-bit range (-2^63 to 2^63-1): send it as a string")
     try:
         orjson.dumps(dados_extra)
     except orjson.JSONEncodeError:
         raise InvalidEvent("dados_extra", "must hold only JSON values, with string keys") from None
+
+
+def first_wide_integer(value: object, path: str) -> str | None:
+    """The path (``dados_extra.itens[2].id``) of the first integer in ``value`` outside INT64_RANGE, if any."""
+    pending: list[tuple[object, str]] = [(value, path)]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, dict):
+            pending.extend((child, f"{where}.{key}") for key, child in reversed(item.items()))
+        elif isinstance(item, list | tuple):
+            pending.extend((child, f"{where}[{index}]") for index, child in reversed(list(enumerate(item))))
+        elif isinstance(item, int) and not isinstance(item, bool) and item not in INT64_RANGE:
+            return where
+    return None
 
 
 def _nesting_depth(value: object) -> int:

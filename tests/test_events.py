@@ -62,6 +62,8 @@ def test_invalid_session_ids(session_id: str) -> None:
         ("status", {"status": "done"}),
         ("mensagem", {"mensagem": 3}),
         ("dados_extra", {"dados_extra": [1, 2]}),
+        ("dados_extra.itens[1].id", {"dados_extra": {"itens": [{}, {"id": 2**63}]}}),
+        ("dados_extra.n", {"dados_extra": {"n": -(2**63) - 1}}),
     ],
 )
 def test_draft_validation_names_the_field(field: str, changes: dict[str, object]) -> None:

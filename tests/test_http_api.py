@@ -87,6 +87,35 @@ async def test_history_lists_events_after_an_id(server: LiveServer, client: http
         (b'{"etapa_atual": 3, "total_etapas": 15, "dados_extra": "x"}', 422, "dados_extra"),
         (b'{"etapa_atual": 3, "total_etapas": 15, "etapa": 3}', 422, "etapa"),
         (b'{"etapa_atual": 3, "total_etapas": 15, "timestamp": "tuesday"}', 422, "timestamp"),
+        # Not JSON: the error says what and where.
+        (
+            b'{"etapa_atual": 3, "total_etapas": 15, "mensagem": "\\ud800"}',
+            400,
+            "no low surrogate in string at line 1, column 53",
+        ),
+        (
+            b'{"etapa_atual": 1e400, "total_etapas": 15}',
+            400,
+            "number is infinity when parsed as double at line 1, column 17",
+        ),
+        (b'{"etapa_atual": 3,\n "total_etapas": 15,}', 400, "at line 2, column 20"),
+        (b'{"etapa_atual": 3, "mensagem": "\xed\xa0\x80"}', 400, "invalid UTF-8 at byte 32"),
+        # Integers past 64 bits in dados_extra: refused, named, never turned into floats.
+        (
+            b'{"etapa_atual": 3, "total_etapas": 15, "dados_extra": {"ids": [1, 123456789012345678901234567890]}}',
+            422,
+            "dados_extra.ids[1]: integer outside the 64-bit range",
+        ),
+        (
+            b'{"etapa_atual": 3, "total_etapas": 15, "dados_extra": {"a": {"b": 9223372036854775808}}}',
+            422,
+            "dados_extra.a.b: integer outside the 64-bit range",
+        ),
+        (
+            b'{"etapa_atual": 3, "total_etapas": 15, "dados_extra": {"n": -9223372036854775809}}',
+            422,
+            "dados_extra.n: integer outside the 64-bit range",
+        ),
     ],
 )
 async def test_publish_rejects_bad_bodies_with_a_clear_error_and_stores_nothing(

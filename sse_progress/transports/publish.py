@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,7 +12,7 @@ from starlette.responses import Response
 from ..auth import Role
 from ..engines import SessionTerminal
 from ..errors import ApiError
-from ..events import EventDraft, InvalidEvent, is_valid_session_id
+from ..events import INT64_RANGE, EventDraft, InvalidEvent, first_wide_integer, is_valid_session_id
 from ..metrics import METRICS
 from ..service import Service
 
@@ -32,13 +35,57 @@ async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> by
     return b"".join(chunks)
 
 
-def draft_from_body(session_id: str, body: bytes) -> EventDraft:
+def parse_json_body(body: bytes) -> Any:
+    """The body as JSON, or ``ApiError(400)`` saying what is wrong and where."""
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ApiError(
-            400, 'body is not JSON: send a JSON object such as {"etapa_atual": 1, "total_etapas": 15}'
-        ) from None
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"body is not JSON: {_where_not_json(body, error)}") from None
+
+
+def refuse_wide_integers(body: bytes, dados_extra: object) -> None:
+    """``ApiError(422)`` naming the first integer literal of ``dados_extra`` past 64 bits: the fast parser makes
+    such a literal a float without a word, so the exact one is asked only when a float could have been one."""
+    if _may_hold_a_wide_integer(dados_extra):
+        exact = json.loads(body).get("dados_extra")  # tells the literal 1e19 (a float) from 10000000000000000000
+        wide = first_wide_integer(exact, "dados_extra")
+        if wide is not None:
+            raise ApiError(422, f"{wide}: integer outside the 64-bit range (-2^63 to 2^63-1): send it as a string")
+
+
+def _where_not_json(body: bytes, error: orjson.JSONDecodeError) -> str:
+    try:
+        body.decode()
+    except UnicodeDecodeError as bad:
+        return f"invalid UTF-8 at byte {bad.start} ({bad.reason}); send UTF-8 text"
+    return (
+        f"{error.msg} at line {error.lineno}, column {error.colno} (position {error.pos}); "
+        'send a JSON object such as {"etapa_atual": 1, "total_etapas": 15}'
+    )
+
+
+def _may_hold_a_wide_integer(value: object) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif _may_be_a_wide_integer(item):
+            return True
+    return False
+
+
+def _may_be_a_wide_integer(item: object) -> bool:
+    """An integer the fast parser kept (up to 2^64-1), or a float that may have been written as an integer."""
+    if isinstance(item, float):
+        return abs(item) >= 2**63 and item.is_integer()
+    return isinstance(item, int) and not isinstance(item, bool) and item not in INT64_RANGE
+
+
+def draft_from_body(session_id: str, body: bytes) -> EventDraft:
+    payload = parse_json_body(body)
     if not isinstance(payload, dict):
         raise ApiError(422, "body: must be a JSON object")
     unknown = sorted(set(payload) - set(FIELDS))
@@ -47,6 +94,7 @@ def draft_from_body(session_id: str, body: bytes) -> EventDraft:
     for required in ("etapa_atual", "total_etapas"):
         if required not in payload:
             raise ApiError(422, f"{required}: required")
+    refuse_wide_integers(body, payload.get("dados_extra"))
     timestamp = payload.get("timestamp", "")
     if not isinstance(timestamp, str):
         raise ApiError(422, "timestamp: must be an ISO 8601 string")
