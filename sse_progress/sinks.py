@@ -117,7 +117,11 @@ class AsyncHttpSink:
 
 
 class HttpPublishError(Exception):
-    """The service refused an event for a reason a retry will not fix (bad token, invalid event)."""
+    """The service refused an event for a reason a retry will not fix (an invalid event)."""
+
+
+class PublishNotAuthorized(HttpPublishError):
+    """The service refused the token (401 or 403): the events are fine and wait for a token that is."""
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -143,6 +147,8 @@ def _http_envelope(draft: EventDraft, response: httpx.Response) -> bytes:
         raise SessionTerminal(draft.session_id, None)
     if response.status_code >= 500 or response.status_code == 429:
         raise OSError(f"progress service answered {response.status_code}")  # transient: fall back, retry later
+    if response.status_code in (401, 403):
+        raise PublishNotAuthorized(f"progress service refused the token ({response.status_code}): {response.text}")
     if response.status_code != 201:
         raise HttpPublishError(f"progress service refused the event ({response.status_code}): {response.text}")
     return json.dumps(response.json()["data"], ensure_ascii=False).encode()

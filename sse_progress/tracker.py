@@ -40,6 +40,7 @@ from .sinks import (
     HttpPublishError,
     HttpSink,
     MemorySink,
+    PublishNotAuthorized,
     RedisSink,
     Sink,
     default_json_dir,
@@ -52,6 +53,9 @@ Tipo = Literal["redis", "json", "http", "memory"]
 TIPOS = ("redis", "json", "http", "memory")
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 UNREACHABLE = (RedisError, OSError, httpx.TransportError, EngineUnavailable)
+# What keeps an event in the outbox for a later attempt: a store out of reach, or one that refuses the token (the
+# events are not at fault; a tracker given a valid token sends them).
+NOT_NOW = (*UNREACHABLE, PublishNotAuthorized)
 
 
 def new_session_id() -> str:
@@ -125,24 +129,40 @@ class _TrackerBase:
         """Whether to try the store now: not while it is known down, except for the final event."""
         return self._retry.due() or draft.terminal
 
-    def _queue(self, draft: EventDraft, error: BaseException | None = None) -> dict[str, Any]:
-        """Keep ``draft`` in the outbox for a later attempt; the JSON snapshot file shows it meanwhile."""
+    def _append_to_outbox(self, draft: EventDraft) -> None:
+        """Write ``draft`` to the outbox and fsync it (blocking: the async tracker runs this in a thread)."""
         assert self._outbox is not None
-        if error is not None:
-            self._retry.failed()
         try:
             self._outbox.append(draft)
         except OSError as write_error:
             log.error("session %s: could not write the outbox %s: %s", self.session_id, self._outbox.path, write_error)
+
+    def _queued(self, draft: EventDraft, error: BaseException | None) -> dict[str, Any]:
+        """``draft`` is in the outbox for a later attempt; the JSON snapshot file shows it meanwhile."""
+        assert self._outbox is not None
         if error is not None:
-            log.warning(
-                "session %s: progress store unreachable (%s); %d events wait in %s",
+            self._retry.failed()
+            self._report_not_sent(error)
+        return self._store_locally(draft)
+
+    def _report_not_sent(self, error: BaseException) -> None:
+        assert self._outbox is not None
+        if isinstance(error, PublishNotAuthorized):
+            log.error(
+                "session %s: %s; %d events kept in %s until a tracker with a valid token sends them",
                 self.session_id,
                 error,
                 len(self._outbox),
                 self._outbox.path,
             )
-        return self._store_locally(draft)
+            return
+        log.warning(
+            "session %s: progress store unreachable (%s); %d events wait in %s",
+            self.session_id,
+            error,
+            len(self._outbox),
+            self._outbox.path,
+        )
 
     def _sent(self, envelope: bytes) -> dict[str, Any]:
         self._retry.succeeded()
@@ -155,8 +175,8 @@ class _TrackerBase:
     def _report_leftovers(self) -> None:
         if self._outbox is not None and len(self._outbox):
             log.warning(
-                "session %s: progress store still unreachable; %d events remain in %s for the next tracker of "
-                "this session",
+                "session %s: progress store still not taking events; %d events remain in %s for the next tracker "
+                "of this session",
                 self.session_id,
                 len(self._outbox),
                 self._outbox.directory,
@@ -242,9 +262,13 @@ class ProgressTracker(_TrackerBase):
         except SessionTerminal:
             self._refused(mensagem)
             return None
-        except UNREACHABLE as error:
+        except NOT_NOW as error:
             return self._queue(draft, error)
         return self._sent(envelope)
+
+    def _queue(self, draft: EventDraft, error: BaseException | None = None) -> dict[str, Any]:
+        self._append_to_outbox(draft)
+        return self._queued(draft, error)
 
     def flush(self) -> int:
         """Send the outbox now, oldest first; returns how many events still wait (the store is down again)."""
@@ -252,9 +276,9 @@ class ProgressTracker(_TrackerBase):
             return 0
         try:
             self._flush()
-        except UNREACHABLE as error:
+        except NOT_NOW as error:
             self._retry.failed()
-            log.warning("session %s: progress store unreachable (%s)", self.session_id, error)
+            self._report_not_sent(error)
         return len(self._outbox)
 
     def _flush(self) -> None:
@@ -262,6 +286,8 @@ class ProgressTracker(_TrackerBase):
         for draft in self._outbox.pending():
             try:
                 self._accepted(self._sink.send(draft))
+            except PublishNotAuthorized:
+                raise  # the event stays: nothing was wrong with it
             except (SessionTerminal, HttpPublishError) as refusal:
                 self._dropped(draft, refusal)
             self._outbox.acknowledge()
@@ -351,16 +377,21 @@ class AsyncProgressTracker(_TrackerBase):
         if self._sink is None:
             return self._store_locally(draft)
         if not self._may_send(draft):
-            return self._queue(draft)
+            return await self._queue(draft)
         try:
             await self._flush()
             envelope = await self._sink.send(draft)
         except SessionTerminal:
             self._refused(mensagem)
             return None
-        except UNREACHABLE as error:
-            return self._queue(draft, error)
+        except NOT_NOW as error:
+            return await self._queue(draft, error)
         return self._sent(envelope)
+
+    async def _queue(self, draft: EventDraft, error: BaseException | None = None) -> dict[str, Any]:
+        # The append ends with an fsync, which can take milliseconds to seconds on a busy disk: not on the loop.
+        await asyncio.to_thread(self._append_to_outbox, draft)
+        return self._queued(draft, error)
 
     async def flush(self) -> int:
         """Send the outbox now, oldest first; returns how many events still wait (the store is down again)."""
@@ -368,9 +399,9 @@ class AsyncProgressTracker(_TrackerBase):
             return 0
         try:
             await self._flush()
-        except UNREACHABLE as error:
+        except NOT_NOW as error:
             self._retry.failed()
-            log.warning("session %s: progress store unreachable (%s)", self.session_id, error)
+            self._report_not_sent(error)
         return len(self._outbox)
 
     async def _flush(self) -> None:
@@ -378,6 +409,8 @@ class AsyncProgressTracker(_TrackerBase):
         for draft in self._outbox.pending():
             try:
                 self._accepted(await self._sink.send(draft))
+            except PublishNotAuthorized:
+                raise  # the event stays: nothing was wrong with it
             except (SessionTerminal, HttpPublishError) as refusal:
                 self._dropped(draft, refusal)
             self._outbox.acknowledge()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import pytest
 import redis
 
 from sse_progress import AsyncProgressTracker, ProgressTracker
+from sse_progress.auth import TokenAuthority
 from sse_progress.outbox import RetrySchedule
 
 from .clients import Received, follow
@@ -241,3 +244,87 @@ async def test_a_subscriber_during_the_outage_sees_every_event_exactly_once(
         received.append(frames.get_nowait())
     assert [frame.data["etapa_atual"] for frame in received] == list(range(1, 10))
     assert len({frame.id for frame in received}) == 9
+
+
+def test_events_refused_for_the_token_during_a_resend_stay_on_disk(
+    redis_url: str, tmp_path: Path, session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's secret changed during an outage: the resend is answered 401. The events stay in the outbox,
+    an error names it, and a tracker with a valid token sends them later."""
+    live = LiveServer(redis_url)
+    live.start()
+    try:
+        tracker = ProgressTracker(9, session_id, "http", base_url=live.url, token=live.token(session_id, "publish"),
+                                  json_dir=tmp_path, retry=RETRY_AT_ONCE)  # fmt: skip
+        tracker.update_progress(1, "Tela 1")
+        live.stop()
+        tracker.update_progress(2, "Tela 2")
+        tracker.update_progress(3, "Tela 3")
+        live.env["SSE_PROGRESS_SECRET"] = live.secret = "rotated-" + live.secret
+        live.tokens = TokenAuthority((live.secret,))
+        live.start()
+        with caplog.at_level(logging.ERROR, "sse_progress.tracker"):
+            tracker.update_progress(4, "Tela 4")  # resends 2 and 3 first: refused
+            tracker.close()
+        assert_kept_and_reported(tmp_path, caplog, 401, [2, 3, 4])
+        assert sent_by_a_valid_tracker(live, session_id, tmp_path) == [1, 2, 3, 4, 9]
+    finally:
+        live.stop()
+
+
+def test_events_refused_for_a_token_without_the_right_stay_on_disk(
+    server: LiveServer, tmp_path: Path, session_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscribe token cannot publish (403): each attempt, resends included, keeps every event on disk."""
+    reader = server.token(session_id, "subscribe")
+    with caplog.at_level(logging.ERROR, "sse_progress.tracker"):
+        tracker = ProgressTracker(9, session_id, "http", base_url=server.url, token=reader, json_dir=tmp_path,
+                                  retry=RETRY_AT_ONCE)  # fmt: skip
+        for etapa in (1, 2, 3):
+            assert tracker.update_progress(etapa, f"Tela {etapa}") is not None  # never raises into the job
+        tracker.close()
+    assert_kept_and_reported(tmp_path, caplog, 403, [1, 2, 3])
+    assert sent_by_a_valid_tracker(server, session_id, tmp_path) == [1, 2, 3, 9]
+
+
+def assert_kept_and_reported(directory: Path, caplog: pytest.LogCaptureFixture, status: int, etapas: list[int]) -> None:
+    [outbox] = outbox_files(directory)
+    assert [json.loads(line)["etapa_atual"] for line in outbox.read_text().splitlines()] == etapas
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert any(f"({status})" in message and str(outbox) in message for message in errors), errors
+
+
+def sent_by_a_valid_tracker(live: LiveServer, session_id: str, directory: Path) -> list[int]:
+    """A rerun of the job with a valid token: it sends the kept events first; returns the stored steps."""
+    valid = live.token(session_id, "publish")
+    with ProgressTracker(9, session_id, "http", base_url=live.url, token=valid, json_dir=directory) as rerun:
+        rerun.complete("fim")
+    assert outbox_files(directory) == []
+    history = httpx.get(f"{live.url}/sessions/{session_id}/history", params={"token": valid}).json()["events"]
+    return [event["etapa_atual"] for event in history]
+
+
+async def test_the_async_tracker_writes_its_outbox_off_the_event_loop(
+    own_redis: RedisServer, tmp_path: Path, session_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox is fsync'd before the job goes on; in an async job that wait must not stall the event loop."""
+    loop_thread = threading.get_ident()
+    fsync_threads: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        fsync_threads.append(threading.get_ident())
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    tracker = AsyncProgressTracker(5, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+    await tracker.update_progress(1, "um")
+    own_redis.stop()
+    for etapa in (2, 3, 4):
+        await tracker.update_progress(etapa, f"tela {etapa}")
+    assert tracker.outbox is not None and len(tracker.outbox) == 3
+    assert fsync_threads and loop_thread not in fsync_threads
+    own_redis.start()
+    await tracker.complete("fim")
+    await tracker.aclose()
+    assert stored_etapas(own_redis.url, session_id) == [1, 2, 3, 4, 5]
