@@ -517,6 +517,9 @@
       this._debug("falling back to poll mode:", reason);
       this._transport = null; // so that _setTransport reports the switch with its reason
       this._setTransport("poll", reason);
+      // No id yet: the stream may have withheld events (a buffering proxy holds the snapshot and what followed),
+      // so the first poll asks for the whole history; without a resume id it would get a snapshot and skip them.
+      if (this._lastId === null && this._resumeFrom === null) this._resumeFrom = "0";
       if (typeof root.EventSource === "function") this._openEventSource(true);
       else this._fetchPoll();
     }

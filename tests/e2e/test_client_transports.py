@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page
-from web_support import TOTAL_ETAPAS, Console, history_ids, publish_steps, wait_for
+from web_support import TOTAL_ETAPAS, Console, Nginx, history_ids, publish_steps, wait_for
 
 from sse_progress import ProgressTracker
 
@@ -46,8 +46,9 @@ def start_client(
     without_event_source: bool = False,
     wait: bool = True,
     extra: dict[str, Any] | None = None,
+    through: str | None = None,
 ) -> None:
-    page.goto(server.url + "/")
+    page.goto((through or server.url) + "/")  # through: a proxy's URL; the client follows the page's origin
     options = {
         "sessionId": session_id,
         "token": server.token(session_id) if token is None else token,
@@ -217,3 +218,19 @@ def test_a_refused_token_is_a_fatal_error(
     log = page.evaluate("() => window.__log")
     assert [error["status"] for error in log["errors"]] == [401], log["errors"]
     assert log["frames"] == [] and log["ends"] == []
+
+
+@pytest.mark.parametrize("buffering_proxy", ["everything", "body"], indirect=True)
+def test_falling_back_before_any_event_replays_the_steps_the_proxy_withheld(
+    page: Page, server: Any, sid: str, tracker: ProgressTracker, buffering_proxy: Nginx
+) -> None:
+    """Steps published while a buffering proxy holds the stream back are delivered once poll mode takes over: the
+    client, which never saw an id, polls from the start of the history instead of taking a snapshot."""
+    start_client(page, server, sid, "auto", wait=False, through=buffering_proxy.url, extra={"stallTimeout": 1500})
+    publish_steps(tracker, range(1, 4))  # while the stream is withheld
+    wait_for(page, "() => window.__log.transports.includes('poll')", message="the fall back to poll mode")
+    publish_steps(tracker, range(4, TOTAL_ETAPAS + 1))
+    tracker.complete("Cotação concluída")
+    log = finished_log(page)
+    check_every_event_once(log, history_ids(server, sid))  # steps 1..15 each once, none as a snapshot
+    assert log["transports"] == ["sse", "poll"]
