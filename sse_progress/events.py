@@ -179,12 +179,20 @@ def first_wide_integer(value: object, path: str) -> str | None:
     while pending:
         item, where = pending.pop()
         if isinstance(item, dict):
-            pending.extend((child, f"{where}.{key}") for key, child in reversed(item.items()))
+            pending.extend((child, _member_path(where, key)) for key, child in reversed(item.items()))
         elif isinstance(item, list | tuple):
             pending.extend((child, f"{where}[{index}]") for index, child in reversed(list(enumerate(item))))
         elif isinstance(item, int) and not isinstance(item, bool) and item not in INT64_RANGE:
             return where
     return None
+
+
+def _member_path(path: str, key: object) -> str:
+    """``dados_extra.itens``, or ``dados_extra["a key"]`` for a key that is not a plain name."""
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}"
+    spelled = orjson.dumps(key).decode() if isinstance(key, str) else repr(key)
+    return f"{path}[{spelled}]"
 
 
 def _nesting_depth(value: object) -> int:

@@ -43,7 +43,7 @@ session_ids = st.text(SESSION_ALPHABET, min_size=1, max_size=64)
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(-(2**63), 2**64 - 1)
+    | st.integers(-(2**63), 2**63 - 1)  # wider integers are refused (every reader would not hold them)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
@@ -163,7 +163,7 @@ ODD_BODY_VALUES = {
     "total_etapas": json_values,
     "mensagem": json_values,
     "status": json_values,
-    "dados_extra": json_values | deep_objects,
+    "dados_extra": json_values | deep_objects | st.dictionaries(st.text(max_size=3), st.integers(), min_size=1),
     "timestamp": json_values | naive_timestamps | aware_timestamps,
     "publisher": json_values | st.fixed_dictionaries({"id": st.text(), "sequence": st.integers()}),
     "an unknown field": json_values,
