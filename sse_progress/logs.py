@@ -20,6 +20,7 @@ CONTROL_CHARACTERS = {
     code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
     for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
 } | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+JSON_LINE_BREAKS = {code: f"\\u{code:04x}" for code in (0x85, 0x2028, 0x2029)}
 connections_log = logging.getLogger("sse_progress.connections")
 
 
@@ -110,7 +111,8 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # JSON escapes C0 controls itself; these three are valid in its strings yet end a line for many readers.
+        return json.dumps(entry, ensure_ascii=False).translate(JSON_LINE_BREAKS)
 
 
 def log_config(log_format: str, level: str = "INFO") -> dict[str, Any]:

@@ -535,3 +535,22 @@ async def test_a_token_parameter_with_an_encoded_name_is_redacted(
     access_line = f"/sessions/{session_id}/events?mode=poll&{name}=[redacted]&last_event_id=0"
     wait_until(lambda: access_line in text_log_server.log_text(), 10, "the access log line of the poll")
     assert token not in text_log_server.log_text()
+
+
+async def test_json_log_keeps_one_record_per_line_whatever_the_request_carries(
+    json_log_server: CliServer, session_id: str
+) -> None:
+    resume = f"1-0\n{FORGED_LINE}\r\x85\u2028\u2029{FORGED_LINE}"
+    async with (
+        httpx.AsyncClient(base_url=json_log_server.url, timeout=10) as http,
+        http.stream(
+            "GET",
+            f"/sessions/{session_id}/events",
+            params={"token": json_log_server.token(session_id), "last_event_id": resume},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        await anext(response.aiter_raw())
+    wait_until(lambda: opened_stream_lines(json_log_server, session_id), 10, "the opened line")
+    [opened] = opened_stream_lines(json_log_server, session_id)  # every line parsed as JSON on its own
+    assert opened["resume"] == resume
