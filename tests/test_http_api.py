@@ -116,6 +116,16 @@ async def test_history_lists_events_after_an_id(server: LiveServer, client: http
             422,
             "dados_extra.n: integer outside the 64-bit range",
         ),
+        # A number that may be a wide integer, nested past the exact parser's recursion: refused for the nesting.
+        (
+            b'{"etapa_atual": 3, "total_etapas": 15, "dados_extra": {"a": '
+            + b"[" * 1000
+            + b"1e19"
+            + b"]" * 1000
+            + b"}}",
+            422,
+            "dados_extra: nested too deeply",
+        ),
     ],
 )
 async def test_publish_rejects_bad_bodies_with_a_clear_error_and_stores_nothing(

@@ -47,7 +47,10 @@ def refuse_wide_integers(body: bytes, dados_extra: object) -> None:
     """``ApiError(422)`` naming the first integer literal of ``dados_extra`` past 64 bits: the fast parser makes
     such a literal a float without a word, so the exact one is asked only when a float could have been one."""
     if _may_hold_a_wide_integer(dados_extra):
-        exact = json.loads(body).get("dados_extra")  # tells the literal 1e19 (a float) from 10000000000000000000
+        try:
+            exact = json.loads(body).get("dados_extra")  # tells the literal 1e19 (a float) from 10000000000000000000
+        except RecursionError:
+            return  # nested past any allowed depth: refused as such by the event's validation
         wide = first_wide_integer(exact, "dados_extra")
         if wide is not None:
             raise ApiError(422, f"{wide}: integer outside the 64-bit range (-2^63 to 2^63-1): send it as a string")
