@@ -80,6 +80,7 @@ class Settings:
     publish_rate: float = 50.0
     log_format: str = "text"
     responder: str = "lean"
+    legacy_routes: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +104,7 @@ class Settings:
             publish_rate=_float(env, "SSE_PROGRESS_PUBLISH_RATE", 50.0, minimum=0.0),
             log_format=_choice(env, "SSE_PROGRESS_LOG_FORMAT", ("text", "json")),
             responder=_choice(env, "SSE_PROGRESS_RESPONDER", ("lean", "sse-starlette")),
+            legacy_routes=_bool(env, "SSE_PROGRESS_LEGACY_ROUTES", False),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -23,22 +23,6 @@ STEPS = 15
 STEP_PAUSE = 0.1  # a real bot spends seconds per screen
 
 
-@pytest.fixture(scope="module")
-def legacy_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def bridged_server(legacy_redis: RedisServer) -> Iterator[LiveServer]:
-    live = LiveServer(legacy_redis.url, env={"SSE_PROGRESS_LEGACY_ROUTES": "1"})
-    live.start()
-    yield live
-    live.stop()
-
-
 @pytest.fixture
 def bridge(legacy_redis: RedisServer) -> Iterator[BridgeProcess]:
     process = BridgeProcess(legacy_redis.url)
@@ -81,9 +65,9 @@ def check_whole_job(frames: list[Received]) -> None:
 
 @pytest.mark.parametrize("publish", [True, False], ids=["set-and-publish", "set-only"])
 async def test_old_tracker_steps_reach_an_sse_follower_once_in_order_with_ids(
-    bridged_server: LiveServer, bridge: BridgeProcess, client: redis.Redis, session_id: str, publish: bool
+    legacy_server: LiveServer, bridge: BridgeProcess, client: redis.Redis, session_id: str, publish: bool
 ) -> None:
-    async with follow("sse", bridged_server.url, session_id, bridged_server.token(session_id)) as follower:
+    async with follow("sse", legacy_server.url, session_id, legacy_server.token(session_id)) as follower:
         job = asyncio.create_task(run_old_job(OldTracker(client, session_id, publish=publish), range(1, STEPS + 1)))
         frames = await collect_until_end(follower, timeout=30)
         await job
@@ -93,10 +77,10 @@ async def test_old_tracker_steps_reach_an_sse_follower_once_in_order_with_ids(
 
 
 async def test_bridge_killed_and_restarted_mid_job_loses_and_repeats_nothing(
-    bridged_server: LiveServer, bridge: BridgeProcess, client: redis.Redis, session_id: str
+    legacy_server: LiveServer, bridge: BridgeProcess, client: redis.Redis, session_id: str
 ) -> None:
     tracker = OldTracker(client, session_id, publish=True)
-    async with follow("sse", bridged_server.url, session_id, bridged_server.token(session_id)) as follower:
+    async with follow("sse", legacy_server.url, session_id, legacy_server.token(session_id)) as follower:
         await run_old_job(tracker, range(1, 8), finish=False)
         first = [await follower.next(15) for _ in range(7)]
         bridge.stop(kill=True)
@@ -109,12 +93,12 @@ async def test_bridge_killed_and_restarted_mid_job_loses_and_repeats_nothing(
 
 
 async def test_two_bridges_store_each_update_once(
-    bridged_server: LiveServer, legacy_redis: RedisServer, bridge: BridgeProcess, client: redis.Redis, session_id: str
+    legacy_server: LiveServer, legacy_redis: RedisServer, bridge: BridgeProcess, client: redis.Redis, session_id: str
 ) -> None:
     second = BridgeProcess(legacy_redis.url)
     second.start()
     try:
-        async with follow("sse", bridged_server.url, session_id, bridged_server.token(session_id)) as follower:
+        async with follow("sse", legacy_server.url, session_id, legacy_server.token(session_id)) as follower:
             job = asyncio.create_task(run_old_job(OldTracker(client, session_id), range(1, STEPS + 1)))
             frames = await collect_until_end(follower, timeout=30)
             await job
@@ -143,7 +127,7 @@ GARBAGE = [
 
 
 async def test_garbage_on_the_channel_and_in_the_key_is_skipped_counted_and_stores_nothing(
-    bridged_server: LiveServer, bridge: BridgeProcess, client: redis.Redis, session_id: str
+    legacy_server: LiveServer, bridge: BridgeProcess, client: redis.Redis, session_id: str
 ) -> None:
     key_only = session_id + "-k"  # a bot that only SETs: its key is what the bridge reads
     for raw in GARBAGE:
@@ -162,13 +146,13 @@ async def test_garbage_on_the_channel_and_in_the_key_is_skipped_counted_and_stor
     log = bridge.log.read_text()
     assert "skipped a legacy update from rpa:session:" in log and "status: 'exploded' is not a known status" in log
     # Still bridging: a good update of the same session afterwards is stored.
-    async with follow("sse", bridged_server.url, session_id, bridged_server.token(session_id)) as follower:
+    async with follow("sse", legacy_server.url, session_id, legacy_server.token(session_id)) as follower:
         await run_old_job(OldTracker(client, session_id), range(1, STEPS + 1))
         check_whole_job(await collect_until_end(follower, timeout=30))
 
 
 async def test_a_session_begun_before_the_bridge_is_picked_up_by_its_start_up_scan(
-    bridged_server: LiveServer, legacy_redis: RedisServer, client: redis.Redis, session_id: str
+    legacy_server: LiveServer, legacy_redis: RedisServer, client: redis.Redis, session_id: str
 ) -> None:
     tracker = OldTracker(client, session_id, publish=False)
     await run_old_job(tracker, range(1, 4), finish=False)
