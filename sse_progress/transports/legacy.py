@@ -48,7 +48,9 @@ async def get_progress(request: Request) -> Response:
         content:
           application/json:
             schema:
-              $ref: "#/components/schemas/SnapshotResponse"
+              oneOf:
+                - $ref: "#/components/schemas/SnapshotResponse"
+                - $ref: "#/components/schemas/Error"
       "400":
         $ref: "#/components/responses/BadRequest"
       "401":
