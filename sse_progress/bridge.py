@@ -234,7 +234,19 @@ class Bridge:
             await self.bridge(session_id, raw, key, source)
 
     async def bridge(self, session_id: str, raw: bytes | str, name: str, source: str) -> str:
-        """Store one legacy update; returns what became of it (also counted and, when skipped, logged)."""
+        """Store one legacy update; returns what became of it (also counted and, when skipped, logged).
+
+        A lost Redis connection propagates (the caller reconnects and rescans); any other failure is logged and
+        counted as ``failed``: one bad update never stops the bridge."""
+        try:
+            return await self._bridge(session_id, raw, name, source)
+        except (RedisError, OSError, EngineUnavailable):
+            raise
+        except Exception:
+            log.exception("could not bridge an update from %s; it began %r", name, raw[:SHOWN_BYTES])
+            return self._count(source, "failed")
+
+    async def _bridge(self, session_id: str, raw: bytes | str, name: str, source: str) -> str:
         started = time.perf_counter()
         try:
             draft = draft_from_legacy(session_id, raw, self.total_etapas)

@@ -179,7 +179,10 @@ def _timestamp(value: object) -> datetime:
         raise InvalidEvent("timestamp", "required: an ISO 8601 date-time (it identifies the update)")
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        # The older tracker wrote datetime.now().isoformat(): local time without an offset.
+        moment = moment.astimezone() if moment.utcoffset() is None else moment
+    except (ValueError, OverflowError):
         raise InvalidEvent("timestamp", "must be an ISO 8601 date-time") from None
-    # The older tracker wrote datetime.now().isoformat(): local time without an offset.
-    return moment.astimezone() if moment.utcoffset() is None else moment
+    if moment < EPOCH:
+        raise InvalidEvent("timestamp", "must not be before 1970")
+    return moment

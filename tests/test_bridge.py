@@ -119,6 +119,7 @@ GARBAGE = [
     b'{"etapa_atual": "three", "timestamp": "2026-11-29T10:00:00"}',
     b'{"etapa_atual": 3, "status": "exploded", "timestamp": "2026-11-29T10:00:00"}',
     b'{"etapa_atual": 3, "timestamp": "yesterday"}',
+    b'{"etapa_atual": 3, "timestamp": "0001-01-01T00:00:00"}',  # before the epoch, and no local time for it
     b'{"etapa_atual": 3, "dados_extra": [1], "timestamp": "2026-11-29T10:00:00"}',
     b'{"etapa_atual": 3, "session_id": "another", "timestamp": "2026-11-29T10:00:00"}',
     b'{"type": "pong", "timestamp": "2026-11-29T10:00:00"}',
