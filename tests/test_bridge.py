@@ -206,3 +206,29 @@ def _pings(connection: redis.Redis) -> bool:
         return bool(connection.ping())
     except redis.RedisError:
         return False
+
+
+async def test_redis_restarted_the_bridge_reconnects_turns_notifications_on_again_and_rescans(session_id: str) -> None:
+    store = RedisServer(persistent=True)  # the data survives; the notification setting (not persisted) does not
+    store.start()
+    live = LiveServer(store.url)
+    live.start()
+    bridge = BridgeProcess(store.url)
+    try:
+        bridge.start()
+        async with follow("sse", live.url, session_id, live.token(session_id)) as follower:
+            with redis.Redis.from_url(store.url) as before:
+                await run_old_job(OldTracker(before, session_id, publish=False), range(1, 6), finish=False)
+                first = [await follower.next(15) for _ in range(5)]
+            store.restart()
+            wait_until(lambda: bridge.log.read_text().count("bridge ready") == 2, 30, "the bridge to reconnect")
+            assert "lost Redis" in bridge.log.read_text()
+            with redis.Redis.from_url(store.url) as after:
+                assert "K" in after.config_get("notify-keyspace-events")["notify-keyspace-events"]
+                await run_old_job(OldTracker(after, session_id, publish=False), range(6, STEPS + 1))
+            rest = await collect_until_end(follower, timeout=30)
+        check_whole_job([f for f in first if f is not None] + rest)
+    finally:
+        bridge.stop()
+        live.stop()
+        store.stop()
