@@ -48,7 +48,7 @@ SETTLE_SECONDS = 0.02
 SCAN_EVERY_SECONDS = 2.0  # when keyspace notifications are off: the older PHP poller's rhythm
 MAX_PENDING_READS = 10_000
 MAX_BACKOFF_SECONDS = 10.0
-MAX_PUBLISHING_SESSIONS = 100_000
+MAX_REMEMBERED_SESSIONS = 100_000
 LOCK_STRIPES = 64
 SHOWN_BYTES = 80
 NEEDS_REDIS = "sse-progress: the bridge needs one Redis: --redis-url or REDIS_URL (redis://, rediss://, unix://)"
@@ -87,6 +87,9 @@ class Bridge:
         # Sessions whose bot also PUBLISHes: their updates are taken from the channel only, where every bridge
         # sees the same JSON (a key read could race the publish of the same update, with another timestamp).
         self._publishing: OrderedDict[str, None] = OrderedDict()
+        # Sessions whose bot only SETs (a key read, no publish seen): their keys are read at once, since the
+        # next SET may come soon and a read that lags behind it misses a step.
+        self._key_only: OrderedDict[str, None] = OrderedDict()
         # One session's updates are compared with its stored state and stored one at a time (striped: bounded).
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         self.counts: Counter[str] = Counter()
@@ -187,10 +190,8 @@ class Bridge:
         if pattern == self.channel_pattern:
             session_id = session_from_name(name, self.channel_pattern[:-1])
             if session_id is not None:  # None: a braced channel, the service's own
-                self._publishing[session_id] = None
-                self._publishing.move_to_end(session_id)
-                if len(self._publishing) > MAX_PUBLISHING_SESSIONS:
-                    self._publishing.popitem(last=False)
+                _remember(self._publishing, session_id)
+                self._key_only.pop(session_id, None)
                 await self.bridge(session_id, message["data"], name, "channel")
         elif pattern == self._keyspace_pattern and message["data"] == b"set":
             key = name[len(self._keyspace_prefix) :]
@@ -199,10 +200,11 @@ class Bridge:
                 self._read_soon(session_id, key)
 
     def _read_soon(self, session_id: str, key: str) -> None:
-        """Read a key after a short settle delay, once however many SETs arrive meanwhile.
+        """Read a key soon, once however many SETs arrive meanwhile.
 
-        The older bot SETs then PUBLISHes the same update: reading the key right away could find the next
-        update already there and store it before the publish of this one (which would then be dropped as stale).
+        The first SET of a session is read after a short settle delay: the older bot SETs then PUBLISHes the
+        same update, and its publish, arriving first, marks the session as one followed on its channel. Once a
+        session is known to only SET, its keys are read at once.
         """
         if session_id in self._pending_reads:
             return
@@ -216,12 +218,13 @@ class Bridge:
 
     async def _read_key_later(self, session_id: str, key: str) -> None:
         try:
-            await asyncio.sleep(self.settle)
+            await asyncio.sleep(0 if session_id in self._key_only else self.settle)
         finally:
             self._pending_reads.pop(session_id, None)
         if session_id in self._publishing:
             self._count("key", "via_channel")
             return
+        _remember(self._key_only, session_id)
         try:
             await self._read_key(session_id, key, "key")
         except (RedisError, OSError, EngineUnavailable) as error:
@@ -279,6 +282,14 @@ class Bridge:
         self.counts[outcome] += 1
         METRICS.legacy_updates.labels(source, outcome).inc()
         return outcome
+
+
+def _remember(sessions: OrderedDict[str, None], session_id: str) -> None:
+    """Keep ``session_id`` among the most recent ``MAX_REMEMBERED_SESSIONS`` (bounded, least recent dropped)."""
+    sessions[session_id] = None
+    sessions.move_to_end(session_id)
+    if len(sessions) > MAX_REMEMBERED_SESSIONS:
+        sessions.popitem(last=False)
 
 
 def _notifications_help(reason: str) -> str:
