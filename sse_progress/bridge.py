@@ -35,6 +35,7 @@ from .config import ConfigError, Settings
 from .engines import EngineUnavailable, SessionTerminal
 from .engines.cluster_url import is_cluster_url
 from .engines.redis import RedisEngine, connection_options
+from .engines.redis_feed import next_message
 from .events import InvalidEvent
 from .legacy import LegacyKeys, OwnUpdate, draft_from_legacy, same_state, session_from_name
 from .logs import log_config
@@ -47,7 +48,9 @@ NEEDED_FLAGS = "K$"  # keyspace events (K) of string commands ($: SET, SETEX…)
 SETTLE_SECONDS = 0.02
 SCAN_EVERY_SECONDS = 2.0  # when keyspace notifications are off: the older PHP poller's rhythm
 MAX_PENDING_READS = 10_000
+FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
+CONNECTION_NAME = "the bridge's Pub/Sub connection"
 MAX_REMEMBERED_SESSIONS = 100_000
 LOCK_STRIPES = 64
 SHOWN_BYTES = 80
@@ -94,18 +97,20 @@ class Bridge:
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
         self.counts: Counter[str] = Counter()
         self.notifications = False
+        self._following = False
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = FIRST_BACKOFF_SECONDS
         while True:
             try:
                 await self._follow()
             except (RedisError, OSError, EngineUnavailable) as error:
+                if self._following:  # it was working: a fresh outage starts with a short wait
+                    self._following = False
+                    backoff = FIRST_BACKOFF_SECONDS
                 log.warning("lost Redis (%s); reconnecting and rescanning in %.1fs", error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            else:
-                backoff = 0.5
 
     async def close(self) -> None:
         for task in list(self._pending_reads.values()):
@@ -123,9 +128,11 @@ class Bridge:
             # Scan only once both subscriptions are confirmed: a write made during the scan is then seen too.
             confirmed = 0
             while confirmed < len(patterns):
-                message = await pubsub.get_message(timeout=5.0)
-                if message is not None and message["type"] == "psubscribe":
+                message = await next_message(pubsub, CONNECTION_NAME)
+                if message["type"] == "psubscribe":
                     confirmed += 1
+                else:
+                    await self._dispatch(message)
             scanned = await self._scan()
             log.info(
                 "bridge ready: following %s and %s (%s); %d existing keys read",
@@ -134,10 +141,11 @@ class Bridge:
                 "keyspace notifications" if self.notifications else f"a scan every {SCAN_EVERY_SECONDS:g}s",
                 scanned,
             )
+            self._following = True
             if not self.notifications:
                 rescans = asyncio.create_task(self._rescan_forever())
-            async for message in pubsub.listen():
-                await self._dispatch(message)
+            while True:
+                await self._dispatch(await next_message(pubsub, CONNECTION_NAME))
         finally:
             if rescans is not None:
                 rescans.cancel()
