@@ -147,13 +147,14 @@ def test_old_pages_opened_before_during_and_after_the_job_end_at_100_percent(
     tracker = OldTracker(client, sid, total_etapas=STEPS, publish=True)
     before = open_old_page(browser, legacy_server, sid)
     poller = open_old_page(browser, legacy_server, sid, poll_only=True)
-    half_way = threading.Event()
+    half_way, go_on = threading.Event(), threading.Event()
 
     def job() -> None:
         for etapa in range(1, STEPS + 1):
             tracker.update_progress(etapa, f"Processando tela {etapa}...")
-            if etapa == 7:
+            if etapa == 7:  # the job waits here until the page opened now shows step 7: no live update helps it
                 half_way.set()
+                go_on.wait(60)
             time.sleep(0.3)
         tracker.complete(FINAL_MESSAGE)
 
@@ -164,10 +165,12 @@ def test_old_pages_opened_before_during_and_after_the_job_end_at_100_percent(
         during = open_old_page(browser, legacy_server, sid)
         wait_for(
             during,
-            "() => Number(document.getElementById('old-bar').dataset.percent) >= 40",
+            "() => document.getElementById('old-bar').dataset.percent === '46.7'",
             message="a page opened mid-job to show the current state at once",
         )
+        assert during.evaluate("() => document.getElementById('old-text').textContent") == "Processando tela 7..."
     finally:
+        go_on.set()
         worker.join(60)
     after = open_old_page(browser, legacy_server, sid)
     pages: dict[str, Any] = {"before": before, "during": during, "after": after, "poller": poller}
