@@ -28,7 +28,7 @@ from .openapi import openapi_schema
 from .ratelimit import RateLimiter
 from .service import Service
 from .sockets import raise_open_files_limit
-from .transports import ops, publish, snapshot, sse, ws
+from .transports import legacy, ops, publish, snapshot, sse, ws
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 if not WEB_DIR.is_dir():  # installed as a wheel: the web client ships inside the package
@@ -174,6 +174,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         Route("/openapi.json", openapi_schema),
         Mount("/static", WebClientFiles(directory=WEB_DIR, check_dir=False), name="static"),
     ]
+    if settings.legacy_routes:
+        routes += legacy.ROUTES
     app = ProgressApp(
         routes=routes,
         middleware=middleware,

@@ -16,6 +16,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from .auth import Role, TokenAuthority
+from .bridge import add_bridge_arguments, run_bridge
 from .config import ConfigError, Settings
 from .engines import MemoryEngine, SessionTerminal
 from .events import EventDraft, InvalidEvent, is_valid_session_id
@@ -267,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print each event as one JSON line instead of a bar")
     p.add_argument("--last-event-id", default=None, help="resume after this event id; 0 replays the history")
     p.set_defaults(func=watch)
+
+    p = commands.add_parser("bridge", help="turn the older system's unbraced Redis writes into events")
+    add_bridge_arguments(p)
+    p.set_defaults(func=run_bridge)
     return parser
 
 

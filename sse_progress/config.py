@@ -81,6 +81,7 @@ class Settings:
     log_format: str = "text"
     responder: str = "lean"
     header_timeout: float = 10.0
+    legacy_routes: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -105,6 +106,7 @@ class Settings:
             log_format=_choice(env, "SSE_PROGRESS_LOG_FORMAT", ("text", "json")),
             responder=_choice(env, "SSE_PROGRESS_RESPONDER", ("lean", "sse-starlette")),
             header_timeout=_float(env, "SSE_PROGRESS_HEADER_TIMEOUT", 10.0, minimum=0.1),
+            legacy_routes=_bool(env, "SSE_PROGRESS_LEGACY_ROUTES", False),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

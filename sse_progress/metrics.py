@@ -42,6 +42,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        self.legacy_updates = Counter(
+            "sse_progress_legacy_updates",
+            "Updates of the older system read by the bridge, by where they came from and what became of them",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
 
 
 METRICS = Metrics()

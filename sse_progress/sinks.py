@@ -7,17 +7,23 @@ Synchronous sinks serve ``ProgressTracker`` (Playwright jobs are often synchrono
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+import redis
+from redis.exceptions import RedisError
 
 from .engines import Engine, MemoryEngine, SessionTerminal
 from .engines.redis import RedisKeys, connection_options, publish_arguments, published_outcome
 from .engines.redis_cluster_publisher import async_client_for, publish_script_for, sync_client_for
 from .events import EventDraft
+from .legacy import LEGACY_TTL_SECONDS, LegacyKeys, legacy_json
+
+log = logging.getLogger("sse_progress.tracker")
 
 # Short on purpose: an event that times out waits in the tracker's outbox, so a dead or hung store costs the
 # job at most this per attempt (and attempts are spaced out by the tracker's retry schedule).
@@ -41,16 +47,37 @@ def _redis_options(url: str, verify_tls: bool) -> dict[str, Any]:
 
 
 class RedisSink:
-    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
+    def __init__(
+        self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True, legacy_keys: bool = False
+    ) -> None:
         self._client = sync_client_for(url, **_redis_options(url, verify_tls))
         self._script = self._client.register_script(publish_script_for(url))
         self._keys = RedisKeys(prefix)
         self._history = history
         self._ttl = ttl
+        self._legacy = LegacyKeys(prefix) if legacy_keys else None
+        if legacy_keys and not isinstance(self._client, redis.Redis):
+            raise ValueError("legacy_keys=True needs one Redis (redis://, rediss://, unix://), not a cluster")
 
     def send(self, draft: EventDraft) -> bytes:
         keys, args = publish_arguments(self._keys, draft, self._history, self._ttl)
-        return published_outcome(draft.session_id, self._script(keys=keys, args=args)).envelope
+        envelope = published_outcome(draft.session_id, self._script(keys=keys, args=args)).envelope
+        if self._legacy is not None:
+            self._write_legacy(self._legacy, draft.session_id, envelope)
+        return envelope
+
+    def _write_legacy(self, legacy: LegacyKeys, session_id: str, envelope: bytes) -> None:
+        """The older system's key and channel, for its readers that have not moved yet (after the event is
+        stored: a failure here costs old readers one step, which the next event's write makes up)."""
+        body = legacy_json(envelope)
+        assert isinstance(self._client, redis.Redis)
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            pipeline.set(legacy.snapshot(session_id), body, ex=LEGACY_TTL_SECONDS)
+            pipeline.publish(legacy.channel(session_id), body)
+            pipeline.execute()
+        except RedisError as error:
+            log.warning("session %s: stored, but the legacy key and channel were not written: %s", session_id, error)
 
     def close(self) -> None:
         self._client.close()

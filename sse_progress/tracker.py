@@ -216,8 +216,11 @@ class ProgressTracker(_TrackerBase):
         engine: MemoryEngine | None = None,
         outbox_dir: str | Path | None = None,
         retry: RetrySchedule | None = None,
+        legacy_keys: bool = False,
     ) -> None:
         super().__init__(total_etapas, session_id, tipo, json_dir, outbox_dir, retry)
+        if legacy_keys and tipo != "redis":
+            raise ValueError("legacy_keys=True writes the older system's Redis key and channel: it needs tipo='redis'")
         self._sink: Sink | None = None
         if tipo == "redis":
             settings = _redis_settings(redis_url, prefix, history, ttl)
@@ -227,6 +230,7 @@ class ProgressTracker(_TrackerBase):
                 settings.history,
                 settings.ttl,
                 settings.redis_verify_tls,
+                legacy_keys,
             )
         elif tipo == "http":
             self._sink = HttpSink(_required(base_url, "base_url"), _required(token, "token"))

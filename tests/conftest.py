@@ -344,3 +344,21 @@ def _follow_until_live(live: LiveServer, session_id: str) -> None:
     params = {"token": live.token(session_id)}
     with httpx.stream("GET", f"{live.url}/sessions/{session_id}/events", params=params, timeout=10) as response:
         next(line for line in response.iter_lines() if line.startswith("data:"))
+
+
+@pytest.fixture(scope="session")
+def legacy_redis() -> Iterator[RedisServer]:
+    """A redis-server for the older system's tests: the bridge turns keyspace notifications on in it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def legacy_server(legacy_redis: RedisServer) -> Iterator[LiveServer]:
+    """A server on ``legacy_redis`` with the older system's routes on (SSE_PROGRESS_LEGACY_ROUTES=1)."""
+    live = LiveServer(legacy_redis.url, env={"SSE_PROGRESS_LEGACY_ROUTES": "1"})
+    live.start()
+    yield live
+    live.stop()

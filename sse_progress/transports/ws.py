@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -13,6 +14,7 @@ from ..auth import Role
 from ..engines import EngineUnavailable
 from ..errors import ApiError
 from ..events import format_event_id, now_iso
+from ..frames import Frame
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer
 from ..service import Service
@@ -34,8 +36,15 @@ DISCONNECTED = (WebSocketDisconnect, RuntimeError, OSError)
 Ending = tuple[int | None, str]
 """How a connection ends: the close code to send (None: the socket is already closed) and the logged reason."""
 
+FrameText = Callable[[Frame], str]
+"""The message a frame is sent as (the legacy ``/session/<id>`` route renames snapshot frames)."""
 
-async def session_socket(websocket: WebSocket) -> None:
+
+def frame_text(frame: Frame) -> str:
+    return frame.text
+
+
+async def session_socket(websocket: WebSocket, render: FrameText = frame_text) -> None:
     service = Service.of(websocket)
     try:
         session_id = service.session_id(websocket)
@@ -70,14 +79,22 @@ async def session_socket(websocket: WebSocket) -> None:
     except DISCONNECTED:
         stream.close()
         return
-    await SocketStream(websocket, service, stream, resume).run()
+    await SocketStream(websocket, service, stream, resume, render).run()
 
 
 class SocketStream:
     """One WebSocket client following one session: a task writing frames, a task answering control messages."""
 
-    def __init__(self, websocket: WebSocket, service: Service, stream: SessionStream, resume: str | None) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        service: Service,
+        stream: SessionStream,
+        resume: str | None,
+        render: FrameText = frame_text,
+    ) -> None:
         self.websocket = websocket
+        self.render = render
         self.service = service
         self.stream = stream
         self.connection = OpenConnection(stream.listener.session_id, "ws", resume)
@@ -119,7 +136,7 @@ class SocketStream:
         try:
             async for batch in self.stream.batches():
                 for frame in batch:  # an empty batch is a heartbeat: WebSocket pings are uvicorn's
-                    await listener.write(self.websocket.send_text(frame.text))
+                    await listener.write(self.websocket.send_text(self.render(frame)))
                     self.connection.sent += 1
                 delivered.inc(len(batch))
         except SlowConsumer:
