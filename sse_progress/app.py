@@ -29,9 +29,8 @@ from .ratelimit import RateLimiter
 from .service import Service
 from .transports import ops, publish, snapshot, sse, ws
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-if not WEB_DIR.is_dir():  # installed as a wheel: the web client ships inside the package
-    WEB_DIR = Path(__file__).resolve().parent / "web"
+# The browser client and the demo page live inside the package, so a wheel serves them like a checkout.
+WEB_DIR = Path(__file__).resolve().parent / "web"
 
 GC_YOUNG_THRESHOLD = 50_000
 

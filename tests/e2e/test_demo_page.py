@@ -1,4 +1,4 @@
-"""The demo page (web/index.html) following real jobs in Chromium, served by the real server under its CSP.
+"""The demo page (sse_progress/web/index.html) following real jobs in Chromium, served by the real server under its CSP.
 
 Every wait is on DOM state (``expect`` / ``wait_for_function``), never a sleep. ``SSE_PROGRESS_SCREENSHOT=1``
 rewrites docs/demo-finished.png from the success test.
