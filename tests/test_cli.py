@@ -5,10 +5,13 @@ with watch's 2 ("cancelled"), an unreachable store exits 69 with one line, and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +19,7 @@ import pytest
 from sse_progress.auth import Role, TokenAuthority
 from sse_progress.cli import build_parser
 
-from .conftest import LiveServer, free_port
+from .conftest import LiveServer, free_port, wait_until
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -259,3 +262,66 @@ def test_watch_help_exits_0_and_lists_the_exit_statuses() -> None:
     result = run_cli("watch", "--help")
     assert result.returncode == 0, result.stderr
     assert "2 cancelled" in result.stdout and "64 usage error" in result.stdout and "5 other failure" in result.stdout
+
+
+def _start_demo(*args: str, env: dict[str, str] | None = None, code: str = "") -> subprocess.Popen[str]:
+    """``sse-progress demo`` in a subprocess; ``code`` runs first in that interpreter (e.g. to hide a module)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_")}
+    program = f"import sys\n{code}\nfrom sse_progress.cli import main\nsys.exit(main({['demo', *args]!r}))"
+    return subprocess.Popen(
+        [sys.executable, "-c", program],
+        env={**base, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_demo_rpa_without_playwright_stops_at_once_with_the_command_to_run() -> None:
+    port = free_port()
+    # A None entry in sys.modules is how Python marks a module as absent: `import playwright` fails as if uninstalled.
+    demo = _start_demo("--rpa", "--port", str(port), code="sys.modules['playwright'] = None")
+    stdout, stderr = demo.communicate(timeout=30)
+    assert demo.returncode == 69, (stdout, stderr)
+    assert "pip install 'playwright" in stderr and stderr.count("\n") == 1, stderr
+    assert "running" not in stdout and "starting" not in stdout
+
+
+def test_demo_rpa_without_chromium_stops_at_once_naming_it() -> None:
+    demo = _start_demo("--rpa", "--port", str(free_port()), env={"SSE_PROGRESS_CHROMIUM": "/nonexistent/chromium"})
+    stdout, stderr = demo.communicate(timeout=30)
+    assert demo.returncode == 69, (stdout, stderr)
+    assert "apt-get install chromium" in stderr and "/nonexistent/chromium" in stderr
+    assert "running" not in stdout and "starting" not in stdout
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def test_demo_rpa_says_when_the_bot_dies_and_ends_the_session_as_an_error() -> None:
+    port, session = free_port(), "bot-" + os.urandom(4).hex()
+    demo = _start_demo("--rpa", "--port", str(port), "--session", session)
+    try:
+        assert demo.stdout is not None
+        banner = "".join(demo.stdout.readline() for _ in range(4))
+        assert "the Playwright quote bot is starting" in banner and "running" not in banner, banner
+        stream_url = next(line for line in iter(demo.stdout.readline, "") if "curl -N" in line).split("'")[1]
+        wait_until(lambda: bool(_children(demo.pid)), 30, "the bot process")
+        for bot in _children(demo.pid):
+            os.kill(bot, signal.SIGKILL)  # a crash that leaves no word on the session
+        said = next((line for line in iter(demo.stdout.readline, "") if "the quote bot" in line), "(nothing)")
+        assert f"the quote bot exited with status {-signal.SIGKILL}" in said, said
+        with httpx.stream("GET", stream_url, timeout=30) as stream:  # history from the start, ends at the terminal
+            frames = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
+        assert frames and frames[-1]["status"] == "error", frames
+        assert f"código {-signal.SIGKILL}" in frames[-1]["mensagem"]
+    finally:
+        demo.terminate()
+        demo.communicate(timeout=15)

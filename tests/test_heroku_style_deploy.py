@@ -30,11 +30,9 @@ import pytest
 from sse_progress.auth import Role, TokenAuthority
 
 from .conftest import STARTUP_TIMEOUT, free_port, wait_until
+from .source_tree import copy_source_tree
 
 ROOT = Path(__file__).resolve().parent.parent
-NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "results", "node_modules"
-)
 INSTALL_TIMEOUT = 600
 REDIS_PASSWORD = "p" + uuid.uuid4().hex
 SECRET = "heroku-style-" + uuid.uuid4().hex
@@ -103,7 +101,7 @@ def slug() -> Iterator[Path]:
     """The build directory after the buildpack's install step: the app's files and a venv made from requirements.txt."""
     work = Path(tempfile.mkdtemp(prefix="sse-progress-slug-"))
     app = work / "app"
-    shutil.copytree(ROOT, app, ignore=NOT_SOURCE)
+    copy_source_tree(app)
     run([sys.executable, "-m", "venv", str(app / ".heroku-python")], work)
     run([str(app / ".heroku-python" / "bin" / "pip"), "install", "-q", "-r", "requirements.txt"], app)
     yield app

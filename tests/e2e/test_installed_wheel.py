@@ -21,13 +21,11 @@ import pytest
 from playwright.sync_api import Browser, expect
 from web_support import WAIT_MS, free_port
 
+from tests.source_tree import copy_source_tree
+
 ROOT = Path(__file__).resolve().parents[2]
 WEB_FILES = sorted(path.name for path in (ROOT / "sse_progress" / "web").iterdir() if path.is_file())
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css"}
-# What a source tree holds that a build must not see (another build's leftovers would hide a missing declaration).
-NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "results", "node_modules"
-)
 INSTALL_TIMEOUT = 600
 
 
@@ -52,7 +50,7 @@ def installed_wheel() -> Iterator[InstalledWheel]:
     """Build the wheel from a clean copy of this tree and install it, with its dependencies, into a new venv."""
     work = Path(tempfile.mkdtemp(prefix="sse-progress-wheel-"))
     source = work / "source"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    copy_source_tree(source)
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(source)], work)
     (wheel,) = (work / "dist").glob("sse_progress-*.whl")
     venv = work / "venv"
