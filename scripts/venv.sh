@@ -8,7 +8,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" | sha1sum | cut -c1-12)-${EXTRAS:-base}"
 if [ ! -f "$stamp" ]; then
-  "$VENV/bin/pip" install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"
+  if ! "$VENV/bin/pip" install -q -e "$ROOT${EXTRAS:+[$EXTRAS]}"; then
+    echo "could not install the project into $VENV; once the cause above is fixed, run:" >&2
+    echo "  $VENV/bin/pip install -e '$ROOT${EXTRAS:+[$EXTRAS]}'" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

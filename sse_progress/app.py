@@ -30,9 +30,8 @@ from .service import Service
 from .sockets import raise_open_files_limit
 from .transports import legacy, ops, publish, snapshot, sse, ws
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-if not WEB_DIR.is_dir():  # installed as a wheel: the web client ships inside the package
-    WEB_DIR = Path(__file__).resolve().parent / "web"
+# The browser client and the demo page live inside the package, so a wheel serves them like a checkout.
+WEB_DIR = Path(__file__).resolve().parent / "web"
 
 GC_YOUNG_THRESHOLD = 50_000
 

@@ -8,8 +8,8 @@ A terminal gets a live progress bar (step, percentage, ETA, message); a pipe get
 dropped connection or a server restart without repeating or losing an event.
 
 Exit status: 0 success, 1 error, 2 cancelled (the session's terminal status), 3 ``--timeout`` elapsed first,
-4 the server refused the token (401/403), 5 any other failure (invalid session id, bad option, ...),
-130 interrupted (Ctrl-C).
+4 the server refused the token (401/403), 5 any other failure (an unusable setting, the server unreachable for
+good, ...), 64 usage error (a malformed session id, resume id or timeout included), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations

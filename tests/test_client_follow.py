@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from httpx_sse import SSEError, connect_sse
 
 from sse_progress import ProgressTracker
 from sse_progress.client import FollowError, FollowTimeout, Reconnect, follow
@@ -218,6 +219,29 @@ async def test_resuming_at_the_terminal_event_gets_204_and_ends_immediately(
     async with asyncio.timeout(10), aclosing(events):
         received = [envelope async for envelope in events]
     assert received == [] and reconnects == []
+
+
+def test_httpx_sse_users_handle_the_closing_204_with_the_two_lines_of_the_protocol(
+    server: LiveServer, session_id: str
+) -> None:
+    """docs/protocol.md, client notes: plain httpx-sse raises on the 204; checking the status first ends cleanly."""
+    job = tracker(server, session_id, total=1)
+    terminal = job.complete("ok")
+    job.close()
+    assert terminal is not None
+    url = f"{server.url}/sessions/{session_id}/events"
+    params = {"token": server.token(session_id), "last_event_id": terminal["id"]}
+    with httpx.Client() as client:
+        with (
+            connect_sse(client, "GET", url, params=params) as source,
+            pytest.raises(SSEError, match="text/event-stream"),
+        ):
+            list(source.iter_sse())
+        received = []
+        with connect_sse(client, "GET", url, params=params) as source:
+            if source.response.status_code != 204:  # 204: the session ended at or before the resume id
+                received = [sse.data for sse in source.iter_sse()]
+    assert source.response.status_code == 204 and received == []
 
 
 async def test_resuming_mid_session_yields_only_the_later_events(server: LiveServer, session_id: str) -> None:

@@ -146,9 +146,9 @@ def test_a_token_for_another_session_exits_4(server: LiveServer, session_id: str
     assert code == 4 and "403" in stderr
 
 
-def test_an_invalid_session_id_exits_5(server: LiveServer) -> None:
+def test_an_invalid_session_id_is_a_usage_error_exit_64(server: LiveServer) -> None:
     code, _, stderr = run_watch(server, "no/such id")
-    assert code == 5 and "invalid session id" in stderr
+    assert code == 64 and "invalid session id" in stderr
 
 
 def test_a_pipe_gets_one_plain_line_per_event(server: LiveServer, session_id: str) -> None:

@@ -1,4 +1,4 @@
-"""Browser fixtures for the end-to-end tests of the web client (web/): Debian's Chromium driven by Playwright.
+"""Browser fixtures for the end-to-end tests of the web client (sse_progress/web/): Debian's Chromium, Playwright.
 
 Chromium is required: without it these tests fail with a message saying how to install it, they never skip.
 The server and Redis come from ``tests/conftest.py`` (``server``, ``redis_url``); helpers are in web_support.py.

@@ -1,4 +1,4 @@
-"""web/progress-client.js in Chromium, over each transport, against the real server.
+"""sse_progress/web/progress-client.js in Chromium, over each transport, against the real server.
 
 The client is imported as an ES module (progress-client.mjs) into a page of the server's origin (the demo page,
 under its CSP); the events its handlers receive are kept in window.__log and compared with the ids the server

@@ -1,4 +1,4 @@
-"""The demo page (web/index.html) following real jobs in Chromium, served by the real server under its CSP.
+"""The demo page (sse_progress/web/index.html) following real jobs in Chromium, served by the real server under its CSP.
 
 Every wait is on DOM state (``expect`` / ``wait_for_function``), never a sleep. ``SSE_PROGRESS_SCREENSHOT=1``
 rewrites docs/demo-finished.png from the success test.
@@ -6,7 +6,9 @@ rewrites docs/demo-finished.png from the success test.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -215,3 +217,38 @@ def test_auto_falls_back_to_polling_behind_a_buffering_proxy(
     tracker.complete("Cotação concluída")
     expect_success(page)
     assert listed_steps(page) == list(range(1, TOTAL_ETAPAS + 1)), "each step must be listed exactly once"
+
+
+def test_the_page_speaks_whatever_its_text_block_says(
+    page: Page, console: Console, server: Any, sid: str, tracker: ProgressTracker
+) -> None:
+    """Translating the page is editing index.html alone: the #demo-text block holds every text the script shows."""
+    english = {
+        "locale": "en-US", "currency": "USD", "title": "Job progress",
+        "connection": {"idle": "Waiting", "connecting": "Connecting…", "reconnecting": "Reconnecting…",
+                       "streaming": "Live", "polling": "Live (polling)", "done": "Finished", "error": "Offline"},
+        "result": {"success": "Completed", "error": "The job failed", "cancelled": "Cancelled"},
+        "transport": {"sse": "Server-Sent Events", "poll": "polling", "ws": "WebSocket"},
+        "invalidAddress": "Invalid address: {error}", "cannotFollow": "Cannot follow this session: {error}",
+        "progressValueText": "{percent}, step {step} of {total}", "stepWithoutMessage": "Step {step}",
+        "stepDuration": "took {duration}", "etaUnknown": "estimating…", "etaApproximately": "about {duration}",
+        "yes": "Yes", "no": "No", "labels": {"premio_total": "Total premium"},
+    }  # fmt: skip
+    original = (REPO_ROOT / "sse_progress" / "web" / "index.html").read_text()
+    block = re.search(r'(<script type="application/json" id="demo-text">)(.*?)(</script>)', original, re.S)
+    assert block is not None
+    translated = original.replace(block.group(2), json.dumps(english))
+    page.route(
+        re.compile(r".*/\?session=.*"),
+        lambda route: route.fulfill(response=route.fetch(), body=translated),  # the site's own copy of the page
+    )
+    publish_steps(tracker, range(1, 3))
+    open_demo(page, server.url, server, sid)
+    expect(page.locator("#connection-text")).to_have_text("Live")
+    expect(page.locator("#progressbar")).to_have_attribute("aria-valuetext", "13.3%, step 2 of 15")
+    tracker.complete("Done", {"cotacao_final": {"premio_total": 2399.5, "parcelas": 10}})
+    expect(page.locator("#result-title")).to_have_text("Completed")
+    expect(page.locator("#final-quote")).to_contain_text("Total premium")
+    expect(page.locator("#final-quote")).to_contain_text("$2,399.50")
+    assert page.title() == "Completed · Job progress"
+    console.assert_quiet()

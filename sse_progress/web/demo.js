@@ -11,29 +11,19 @@
   const token = params.get("token") || "";
   const transport = params.get("transport") || "auto";
 
-  const money = new Intl.NumberFormat("pt-BR", { style: "currency", currency: "BRL" });
-  const number = new Intl.NumberFormat("pt-BR", { maximumFractionDigits: 2 });
-  const oneDecimal = new Intl.NumberFormat("pt-BR", { minimumFractionDigits: 1, maximumFractionDigits: 1 });
-  const percentFormat = new Intl.NumberFormat("pt-BR", { maximumFractionDigits: 1 });
-  const clock = new Intl.DateTimeFormat("pt-BR", { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  // The page's texts and locale live in index.html (#demo-text), beside its markup: one file to translate.
+  const TEXT = JSON.parse($("demo-text").textContent);
+  const fill = (template, values) => template.replace(/\{(\w+)\}/g, (_, name) => String(values[name]));
+
+  const money = new Intl.NumberFormat(TEXT.locale, { style: "currency", currency: TEXT.currency });
+  const number = new Intl.NumberFormat(TEXT.locale, { maximumFractionDigits: 2 });
+  const oneDecimal = new Intl.NumberFormat(TEXT.locale, { minimumFractionDigits: 1, maximumFractionDigits: 1 });
+  const percentFormat = new Intl.NumberFormat(TEXT.locale, { maximumFractionDigits: 1 });
+  const clock = new Intl.DateTimeFormat(TEXT.locale, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   // Numbers under these keys are amounts of money (valor, valor_parcela, franquia, premio_total, …).
   const MONEY_KEY = /valor|franquia|pr[eê]mio|pre[cç]o|total|price|amount/i;
 
-  const CONNECTION_TEXT = {
-    idle: "Aguardando",
-    connecting: "Conectando…",
-    reconnecting: "Reconectando…",
-    streaming: "Ao vivo",
-    polling: "Ao vivo (consulta periódica)",
-    done: "Encerrado",
-    error: "Sem conexão",
-  };
-  const RESULT = {
-    success: { title: "Concluído com sucesso", icon: "✓" },
-    error: { title: "O processo falhou", icon: "✕" },
-    cancelled: { title: "Processo cancelado", icon: "■" },
-  };
-  const TRANSPORT_TEXT = { sse: "Server-Sent Events", poll: "consulta periódica (poll)", ws: "WebSocket" };
+  const RESULT_ICON = { success: "✓", error: "✕", cancelled: "■" };
 
   if (!sessionId) {
     $("intro").hidden = false;
@@ -50,7 +40,7 @@
     // opened (or reloaded) in the middle of the job.
     client = new window.ProgressClient({ sessionId, token, transport, lastEventId: "0" });
   } catch (error) {
-    showNotice("Endereço inválido: " + error.message);
+    showNotice(fill(TEXT.invalidAddress, { error: error.message }));
     setConnection("error");
     return;
   }
@@ -67,7 +57,7 @@
     else if (state === "closed" && !finished) setConnection("error");
   });
   client.on("transport", ({ transport: name }) => {
-    $("transport").textContent = TRANSPORT_TEXT[name] || name;
+    $("transport").textContent = TEXT.transport[name] || name;
   });
   client.on("snapshot", render);
   client.on("progress_update", render);
@@ -88,7 +78,7 @@
   });
   client.on("error", ({ message }) => {
     setConnection("error");
-    showNotice("Não foi possível acompanhar esta sessão: " + message);
+    showNotice(fill(TEXT.cannotFollow, { error: message }));
   });
 
   function render(e) {
@@ -97,11 +87,14 @@
     $("percent").textContent = pctText;
     const bar = $("progressbar");
     bar.setAttribute("aria-valuenow", String(pct));
-    bar.setAttribute("aria-valuetext", pctText + " — etapa " + e.etapa_atual + " de " + e.total_etapas);
+    bar.setAttribute(
+      "aria-valuetext",
+      fill(TEXT.progressValueText, { percent: pctText, step: e.etapa_atual, total: e.total_etapas }),
+    );
     bar.dataset.status = e.status;
     // CSSOM, not a style attribute: allowed by the page's style-src 'self'.
     $("progressbar-fill").style.width = pct + "%";
-    document.title = pctText + " · Progresso do processo";
+    document.title = pctText + " · " + TEXT.title;
 
     $("step").textContent = e.etapa_atual + "/" + e.total_etapas;
     $("message").textContent = e.mensagem || "–";
@@ -160,7 +153,7 @@
     const text = item.querySelector(".step-text");
     // A step's later messages replace its text, but the terminal message goes to the banner: the step keeps
     // saying what it was, and shows how long it took.
-    if (!terminal || !text.textContent) text.textContent = e.mensagem || "Etapa " + step;
+    if (!terminal || !text.textContent) text.textContent = e.mensagem || fill(TEXT.stepWithoutMessage, { step });
     if (terminal && item.dataset.started && !item.dataset.duration) {
       const seconds = (new Date(e.timestamp).getTime() - Number(item.dataset.started)) / 1000;
       if (Number.isFinite(seconds)) setDuration(item, seconds);
@@ -172,7 +165,7 @@
   function setDuration(item, seconds) {
     item.dataset.duration = String(seconds);
     const el = item.querySelector(".step-duration");
-    el.textContent = "duração " + formatDuration(seconds);
+    el.textContent = fill(TEXT.stepDuration, { duration: formatDuration(seconds) });
   }
 
   function renderEstimates(rows) {
@@ -210,16 +203,16 @@
   }
 
   function showResult(e) {
-    const kind = RESULT[e.status] ? e.status : "error";
+    const kind = RESULT_ICON[e.status] ? e.status : "error";
     const result = $("result");
     result.dataset.state = kind;
     result.setAttribute("role", kind === "success" ? "status" : "alert");
-    result.querySelector(".result-icon").textContent = RESULT[kind].icon;
-    $("result-title").textContent = RESULT[kind].title;
+    result.querySelector(".result-icon").textContent = RESULT_ICON[kind];
+    $("result-title").textContent = TEXT.result[kind];
     $("result-message").textContent = e.mensagem || "";
     result.hidden = false;
     document.body.dataset.state = kind;
-    document.title = RESULT[kind].title + " · Progresso do processo";
+    document.title = TEXT.result[kind] + " · " + TEXT.title;
   }
 
   function showNotice(text) {
@@ -231,7 +224,7 @@
   function setConnection(state) {
     const el = $("connection");
     el.dataset.state = state;
-    $("connection-text").textContent = CONNECTION_TEXT[state];
+    $("connection-text").textContent = TEXT.connection[state];
   }
 
   function clampPercent(value) {
@@ -241,8 +234,8 @@
 
   function formatEta(seconds, status) {
     if (status === "success" || status === "error" || status === "cancelled") return "—";
-    if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) return "calculando…";
-    return "≈ " + formatDuration(Number(seconds));
+    if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) return TEXT.etaUnknown;
+    return fill(TEXT.etaApproximately, { duration: formatDuration(Number(seconds)) });
   }
 
   function formatDuration(seconds) {
@@ -256,17 +249,9 @@
     return m + " min " + String(rest).padStart(2, "0") + " s";
   }
 
-  // Labels for the keys the quote jobs use; any other key is shown as written, underscores as spaces.
-  const LABELS = {
-    numero: "Número",
-    premio: "Prêmio",
-    premio_total: "Prêmio total",
-    valor_parcela: "Valor da parcela",
-    forma_pagamento: "Forma de pagamento",
-  };
-
+  // Labels for the keys the quote jobs use (TEXT.labels); any other key is shown as written, underscores as spaces.
   function humanize(key) {
-    if (Object.prototype.hasOwnProperty.call(LABELS, key)) return LABELS[key];
+    if (Object.prototype.hasOwnProperty.call(TEXT.labels, key)) return TEXT.labels[key];
     const text = String(key).replace(/_/g, " ");
     return text.charAt(0).toUpperCase() + text.slice(1);
   }
@@ -274,7 +259,7 @@
   function formatCell(key, value) {
     if (value === null || value === undefined || value === "") return "—";
     if (typeof value === "number") return MONEY_KEY.test(key) ? money.format(value) : number.format(value);
-    if (typeof value === "boolean") return value ? "Sim" : "Não";
+    if (typeof value === "boolean") return value ? TEXT.yes : TEXT.no;
     if (typeof value === "object") return JSON.stringify(value);
     return String(value);
   }
