@@ -24,10 +24,12 @@ from .config import Settings
 from .engines import Engine, EngineUnavailable, create_engine
 from .errors import ApiError, error_response, handle_api_error, store_unavailable
 from .hub import Hub
+from .index_watch import IndexWatch
 from .openapi import openapi_schema
 from .ratelimit import RateLimiter
 from .service import Service
-from .transports import ops, publish, snapshot, sse, ws
+from .session_index import StallRule
+from .transports import ops, publish, sessions, snapshot, sse, ws
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 if not WEB_DIR.is_dir():  # installed as a wheel: the web client ships inside the package
@@ -45,6 +47,13 @@ WEB_CLIENT_CACHE_CONTROL = "no-cache"
 async def demo_page(request: Request) -> Response:
     return FileResponse(
         WEB_DIR / "index.html",
+        headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": WEB_CLIENT_CACHE_CONTROL},
+    )
+
+
+async def ops_page(request: Request) -> Response:
+    return FileResponse(
+        WEB_DIR / "ops.html",
         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": WEB_CLIENT_CACHE_CONTROL},
     )
 
@@ -134,14 +143,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     service = Service(
         settings, engine, hub, TokenAuthority(settings.secrets, settings.insecure), RateLimiter(settings.publish_rate)
     )
+    index_watch = IndexWatch(engine, StallRule(settings.stall_after, settings.stall_factor), settings.ttl)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tune_garbage_collector()
         await hub.start()
+        await index_watch.start()
         try:
             yield
         finally:
+            await index_watch.stop()
             await hub.stop()
             await engine.close()
 
@@ -160,6 +172,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     routes = [
         Route("/", demo_page),
+        Route("/ops", ops_page),
+        Route("/ops/events", sessions.changes),
+        Route("/ops/figures", sessions.figures),
+        Route("/sessions", sessions.sessions),
         Route("/sessions/{session_id}/events", sse.events, methods=["GET"]),
         Route("/sessions/{session_id}/events", publish.publish, methods=["POST"]),
         Route("/sessions/{session_id}", snapshot.snapshot),
@@ -183,4 +199,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         },
     )
     app.state.service = service
+    app.state.index_watch = index_watch
     return app

@@ -80,6 +80,8 @@ class Settings:
     publish_rate: float = 50.0
     log_format: str = "text"
     responder: str = "lean"
+    stall_after: float = 60.0
+    stall_factor: float = 4.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,6 +105,8 @@ class Settings:
             publish_rate=_float(env, "SSE_PROGRESS_PUBLISH_RATE", 50.0, minimum=0.0),
             log_format=_choice(env, "SSE_PROGRESS_LOG_FORMAT", ("text", "json")),
             responder=_choice(env, "SSE_PROGRESS_RESPONDER", ("lean", "sse-starlette")),
+            stall_after=_float(env, "SSE_PROGRESS_STALL_AFTER", 60.0, minimum=0.1),
+            stall_factor=_float(env, "SSE_PROGRESS_STALL_FACTOR", 4.0, minimum=1.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -25,12 +25,14 @@ from .base import (
     SessionView,
 )
 from .redis_feed import RedisFeed
+from .redis_index import STEP_DURATION_LUA, IndexKeys, RedisIndex, index_update_lua
 
-PUBLISH_SCRIPT = """
+_SESSION_PUBLISH_HEAD = """
 local stream, snapshot, meta = KEYS[1], KEYS[2], KEYS[3]
 local channel, draft, terminal = ARGV[1], ARGV[2], ARGV[3]
 local etapa, total, now_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local maxlen, ttl, publisher, sequence = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local sid, status = ARGV[11], ARGV[12]
 
 if redis.call('HEXISTS', meta, 'terminal') == 1 then
   return {'terminal', redis.call('GET', snapshot) or ''}
@@ -62,9 +64,16 @@ if terminal == '1' then
   redis.call('HSET', meta, 'terminal', id)
 end
 redis.call('EXPIRE', meta, ttl)
-redis.call('PUBLISH', channel, envelope)
-return {'ok', envelope}
 """
+_SESSION_PUBLISH_TAIL = """
+redis.call('PUBLISH', channel, envelope)
+return {'ok', envelope, at, ended_step, ended_ms}
+"""
+_SESSION_PUBLISH = _SESSION_PUBLISH_HEAD + STEP_DURATION_LUA
+# One Redis: the session's keys (KEYS[1..3]) and the index's (KEYS[4..7]) in one script, one round trip.
+PUBLISH_SCRIPT = _SESSION_PUBLISH + index_update_lua(4) + _SESSION_PUBLISH_TAIL
+# A cluster: the session's keys only; the index is updated by INDEX_SCRIPT in its own slot (see redis_index).
+SESSION_PUBLISH_SCRIPT = _SESSION_PUBLISH + _SESSION_PUBLISH_TAIL
 
 # Returns {snapshot, first retained id, entries after ARGV[1]}; the first retained id is 'lost' when the stream
 # is gone but the snapshot is not. A resume id before the first retained id needs history that is gone: trimmed,
@@ -89,6 +98,7 @@ class RedisKeys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.index = IndexKeys(prefix)
         self._channel_prefix = f"{prefix}:session:{{".encode()
 
     def stream(self, session_id: str) -> str:
@@ -145,6 +155,7 @@ class RedisEngine(Engine):
         self._options = options
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._read = self.client.register_script(READ_SCRIPT)
+        self.index = RedisIndex(self.client, self.keys.index, self.keys.snapshot, self.keys.meta)
 
     async def publish(self, draft: EventDraft) -> Published:
         keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
@@ -202,7 +213,7 @@ def publish_arguments(
 ) -> tuple[list[str], list[str | bytes | int]]:
     """KEYS and ARGV of ``PUBLISH_SCRIPT``; shared by the engine and the synchronous tracker."""
     sid = draft.session_id
-    return [keys.stream(sid), keys.snapshot(sid), keys.meta(sid)], [
+    return [keys.stream(sid), keys.snapshot(sid), keys.meta(sid), *keys.index.for_publish(draft.status)], [
         keys.channel(sid),
         draft.encode(),
         "1" if draft.terminal else "0",
@@ -213,11 +224,13 @@ def publish_arguments(
         ttl,
         draft.publisher,
         draft.sequence,
+        sid,
+        draft.status,
     ]
 
 
 def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
-    status, envelope = outcome
+    status, envelope = outcome[0], outcome[1]
     if status == b"terminal":
         raise SessionTerminal(session_id, envelope or None)
     return Published(envelope, duplicate=status == b"duplicate")
