@@ -15,6 +15,7 @@ from typing import NoReturn
 import uvicorn
 from starlette.applications import Starlette
 
+from . import sessions_cli
 from .auth import Role, TokenAuthority
 from .config import ConfigError, Settings
 from .engines import MemoryEngine, SessionTerminal
@@ -158,7 +159,9 @@ def token(args: argparse.Namespace) -> int:
     if args.session != "*" and not is_valid_session_id(args.session):
         print("sse-progress: invalid session id: use 1-64 characters from A-Z a-z 0-9 _ -", file=sys.stderr)
         return 2
-    role = Role.ADMIN if args.admin else Role.PUBLISH if args.publish else Role.SUBSCRIBE
+    role = (
+        Role.ADMIN if args.admin else Role.PUBLISH if args.publish else Role.OBSERVE if args.observe else Role.SUBSCRIBE
+    )
     print(TokenAuthority(settings.secrets).issue(args.session, role, ttl=args.ttl))
     return 0
 
@@ -238,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     role = p.add_mutually_exclusive_group()
     role.add_argument("--publish", action="store_true", help="a publisher token")
     role.add_argument("--admin", action="store_true", help="an admin token (/stats)")
+    role.add_argument("--observe", action="store_true", help="an observe token for * (/sessions, /ops)")
     p.add_argument("--ttl", type=int, default=3600, help="seconds until the token expires (default 3600)")
     p.set_defaults(func=token)
 
@@ -265,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print each event as one JSON line instead of a bar")
     p.add_argument("--last-event-id", default=None, help="resume after this event id; 0 replays the history")
     p.set_defaults(func=watch)
+
+    sessions_cli.add_command(commands)
     return parser
 
 
