@@ -29,7 +29,8 @@ DEFAULT_PAGE = 50
 # Steps 1..MAX_STEP_LABEL get a label of their own in the step-duration histogram; later ones share "other".
 MAX_STEP_LABEL = 50
 STEP_BUCKETS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-DURATIONS_KEPT = 32  # the latest step durations a session keeps: enough for a median, small in every event
+DURATIONS_KEPT = 32  # the latest step durations a session keeps: enough for a median
+DURATIONS_CHARS = 12 * DURATIONS_KEPT  # the same bound for Redis, in characters of "step:ms;" (cheaper to test)
 ACTIVE_SCAN_LIMIT = 10_000  # at most this many active sessions are looked at per listing or stall check
 
 Cursor = tuple[int, str]  # (last event ms, session id) of the last entry of the previous page

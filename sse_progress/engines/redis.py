@@ -34,19 +34,27 @@ local etapa, total, now_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV
 local maxlen, ttl, publisher, sequence = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
 local sid, status = ARGV[11], ARGV[12]
 
-if redis.call('HEXISTS', meta, 'terminal') == 1 then
+-- The session's meta hash is read once and written once: each call from a script has a cost.
+local pub_field = 'pub:' .. publisher
+local state = redis.call('HMGET', meta, 'terminal', 'started', 'step', 'step_at', 'durations', pub_field)
+if state[1] then
   return {'terminal', redis.call('GET', snapshot) or ''}
 end
+local changes = {}
 if publisher ~= '' then
-  local field = 'pub:' .. publisher
-  if sequence <= tonumber(redis.call('HGET', meta, field) or '-1') then
+  if sequence <= tonumber(state[6] or '-1') then
     return {'duplicate', redis.call('GET', snapshot) or ''}
   end
-  redis.call('HSET', meta, field, sequence)
+  changes[#changes + 1], changes[#changes + 2] = pub_field, sequence
 end
 
-redis.call('HSETNX', meta, 'started', now_ms)
-local started = tonumber(redis.call('HGET', meta, 'started'))
+local new_session = not state[2]
+local started = now_ms
+if new_session then
+  changes[#changes + 1], changes[#changes + 2] = 'started', now_ms
+else
+  started = tonumber(state[2])
+end
 local eta = 'null'
 if terminal == '1' then
   eta = '0.0'
@@ -61,16 +69,19 @@ local envelope = '{"id":"' .. id .. '",' .. string.sub(stored, 2)
 redis.call('SET', snapshot, envelope, 'EX', ttl)
 redis.call('EXPIRE', stream, ttl)
 if terminal == '1' then
-  redis.call('HSET', meta, 'terminal', id)
+  changes[#changes + 1], changes[#changes + 2] = 'terminal', id
 end
+"""
+_SESSION_PUBLISH_META = """
+if #changes > 0 then redis.call('HSET', meta, unpack(changes)) end
 redis.call('EXPIRE', meta, ttl)
 """
 _SESSION_PUBLISH_TAIL = """
 redis.call('PUBLISH', channel, envelope)
-return {'ok', envelope, at, ended_step, ended_ms}
+return {'ok', envelope, at, ended_step, ended_ms, new_session and 1 or 0}
 """
-_SESSION_PUBLISH = _SESSION_PUBLISH_HEAD + STEP_DURATION_LUA
-# One Redis: the session's keys (KEYS[1..3]) and the index's (KEYS[4..7]) in one script, one round trip.
+_SESSION_PUBLISH = _SESSION_PUBLISH_HEAD + STEP_DURATION_LUA + _SESSION_PUBLISH_META
+# One Redis: the session's keys (KEYS[1..3]) and the index's (KEYS[4..6]) in one script, one round trip.
 PUBLISH_SCRIPT = _SESSION_PUBLISH + index_update_lua(4) + _SESSION_PUBLISH_TAIL
 # A cluster: the session's keys only; the index is updated by INDEX_SCRIPT in its own slot (see redis_index).
 SESSION_PUBLISH_SCRIPT = _SESSION_PUBLISH + _SESSION_PUBLISH_TAIL
