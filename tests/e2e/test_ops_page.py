@@ -125,6 +125,11 @@ def test_ops_page_is_readable_on_a_phone(page: Page, console: Console, ops_serve
     expect(_row(page, session_id)).to_have_attribute("data-state", "running")
     overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px on a phone"
+    # No table to scroll sideways either: each session is a card whose every part is on screen.
+    table_overflow = page.evaluate("(w => w.scrollWidth - w.clientWidth)(document.querySelector('.table-wrap'))")
+    assert table_overflow <= 0, f"the session table scrolls sideways by {table_overflow}px on a phone"
+    box = _row(page, session_id).locator('[role="progressbar"]').bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390
     console.assert_quiet()
 
 
