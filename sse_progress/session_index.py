@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from .events import TERMINAL_STATUSES, decode
+from .events import TERMINAL_STATUSES, decode, is_valid_session_id
 
 GROUPS = ("active", "success", "error", "cancelled")
 FILTERS = ("running", "stalled", "success", "error", "cancelled")
@@ -105,7 +105,7 @@ def now_ms() -> int:
 def parse_cursor(text: str) -> Cursor | None:
     """``"1732530000000.abc"`` → ``(1732530000000, "abc")``; anything else → None."""
     ms, dot, session_id = text.partition(".")
-    if not dot or not ms.isdigit() or not session_id or len(ms) > 20:
+    if not dot or not ms.isascii() or not ms.isdigit() or len(ms) > 20 or not is_valid_session_id(session_id):
         return None
     return int(ms), session_id
 

@@ -46,7 +46,7 @@ def _json(value: Any, status: int = 200) -> Response:
 
 def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
     if not raw.isdigit() or not 1 <= int(raw) <= maximum:
         raise ApiError(400, f"{name}: must be an integer from 1 to {maximum}, got {raw!r}")
@@ -78,9 +78,10 @@ async def sessions(request: Request) -> Response:
       - name: cursor
         in: query
         required: false
-        description: the `next_cursor` of the previous page
+        description: the `next_cursor` of the previous page (empty = the first page)
         schema:
           type: string
+          pattern: "^(|[0-9]{1,20}[.][A-Za-z0-9_-]{1,64})$"
     security:
       - tokenQuery: []
       - bearerToken: []
@@ -104,7 +105,7 @@ async def sessions(request: Request) -> Response:
     """
     service = Service.of(request)
     service.authorize(request, "*", Role.OBSERVE)
-    status = request.query_params.get("status") or None
+    status = request.query_params.get("status")
     if status is not None and status not in FILTERS:
         raise ApiError(400, f"status: must be one of {', '.join(FILTERS)}, got {status!r}")
     limit = _int_param(request, "limit", DEFAULT_PAGE, MAX_PAGE)
