@@ -42,14 +42,17 @@ class IndexEntry:
     last_event_ms: int
     snapshot: bytes
     durations: list[tuple[int, int]] = field(default_factory=list)  # (step, milliseconds), oldest first
+    _envelope: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def envelope(self) -> dict[str, Any]:
+        if self._envelope is None:
+            self._envelope = decode(self.snapshot)  # once: the status is asked for several times per listing
+        return self._envelope
 
     @property
     def status(self) -> str:
         return str(self.envelope["status"])
-
-    @property
-    def envelope(self) -> dict[str, Any]:
-        return decode(self.snapshot)
 
     @property
     def active(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..auth import Role
 from ..errors import ApiError
-from ..frames import HEARTBEAT, retry_line
+from ..frames import HEARTBEAT, retry_line, shutdown_retry_line
 from ..index_watch import IndexWatch
 from ..job_metrics import JOB_METRICS
 from ..service import Service
@@ -33,6 +34,7 @@ from .sse import STREAM_HEADERS
 
 FULL_RETRY_MS = 5000  # a change-stream client turned away (too many) comes back after this
 MAX_HOURS = 48
+SHUTDOWN_POLL_SECONDS = 0.5
 
 
 def watch_of(request: Request) -> IndexWatch:
@@ -203,6 +205,7 @@ async def changes(request: Request) -> Response:
     service = Service.of(request)
     service.authorize(request, "*", Role.OBSERVE)
     watch = watch_of(request)
+    heartbeat = service.settings.heartbeat
     subscriber = watch.subscribe()
     if subscriber is None:
         # Full: a 200 that ends at once, so that a browser's EventSource retries later instead of giving up.
@@ -211,11 +214,21 @@ async def changes(request: Request) -> Response:
     async def body() -> AsyncIterator[bytes]:
         try:
             yield retry_line(service.settings.retry_ms) + b"".join(_frame(record) for record in watch.view())
-            while not subscriber.overflowed and not server_is_exiting():
+            quiet_since = time.monotonic()
+            while not subscriber.overflowed:
+                # Short waits, so that a SIGTERM ends the stream promptly (uvicorn waits for open streams).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(subscriber.wake.wait(), service.settings.heartbeat)
+                    await asyncio.wait_for(subscriber.wake.wait(), min(SHUTDOWN_POLL_SECONDS, heartbeat))
+                if server_is_exiting():
+                    yield shutdown_retry_line()
+                    return
                 records = subscriber.take()
-                yield b"".join(_frame(record) for record in records) if records else HEARTBEAT
+                if records:
+                    yield b"".join(_frame(record) for record in records)
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= heartbeat:
+                    yield HEARTBEAT
+                    quiet_since = time.monotonic()
         finally:
             watch.unsubscribe(subscriber)
 
