@@ -289,3 +289,24 @@ def test_the_list_needs_an_observe_or_admin_token_for_every_session(memory_serve
     assert posted.status_code == 403
     assert httpx.get(f"{memory_server.url}/stats", headers=observer, timeout=10).status_code == 403
     assert httpx.get(f"{url}/abc", headers=observer, timeout=10).status_code == 404  # allowed; no such session
+
+
+def test_a_cluster_server_lists_sessions_from_every_master(cluster_server: LiveServer) -> None:
+    """On a Redis Cluster the index lives in one slot of its own; sessions on all three masters are listed."""
+    from .conftest import session_id_on_shard
+
+    sessions = {shard: session_id_on_shard(shard) for shard in (0, 1, 2)}
+
+    async def drive() -> None:
+        async with httpx.AsyncClient(timeout=15) as client:
+            for shard, session_id in sessions.items():
+                await _publish(client, cluster_server, session_id, 1)
+                if shard == 2:
+                    await _publish(client, cluster_server, session_id, 2, status="error", mensagem=FAILED_MESSAGE)
+
+    asyncio.run(drive())
+    token = cluster_server.token("*", Role.OBSERVE)
+    assert {sessions[0], sessions[1]} <= _ids(_list(cluster_server, token, "running"))
+    failed = [row for row in _list(cluster_server, token, "error") if row["session_id"] == sessions[2]]
+    assert failed and failed[0]["failed_step"] == 2
+    assert sessions[2] not in _ids(_list(cluster_server, token, "running"))
