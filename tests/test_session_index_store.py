@@ -112,6 +112,10 @@ async def test_the_memory_engine_drops_the_entry_of_an_expired_session() -> None
     engine.publish_now(EventDraft("fresh", 1, 3))
     assert await _listed(engine) == {"fresh"}
     assert await engine.index.members(None, None, 10) == [("fresh", engine.index._members["fresh"].last_event_ms)]
+    # The same id again after its data expired: a new session, without the old one's step timings.
+    engine.publish_now(EventDraft("gone-soon", 2, 3))
+    (entry,) = await engine.index.entries(["gone-soon"])
+    assert entry is not None and entry.durations == []
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,7 @@ class MemoryEngine(Engine):
         """``publish`` for synchronous callers: storing in memory never waits."""
         self._sweep()
         session = self._session(draft.session_id)
+        new_session = session is None
         if session is None:
             session = self._sessions[draft.session_id] = _Session(started_ms=draft.timestamp_ms)
         if session.terminal:
@@ -86,7 +87,7 @@ class MemoryEngine(Engine):
             session.events.popleft()
         session.terminal = draft.terminal
         session.expires_at = time.monotonic() + self.ttl
-        self.index.record(draft.session_id, draft.status, draft.etapa_atual, event_id[0], draft.terminal)
+        self.index.record(draft.session_id, draft.status, draft.etapa_atual, event_id[0], draft.terminal, new_session)
 
         for feed in tuple(self._feeds):
             feed.deliver(draft.session_id, envelope)

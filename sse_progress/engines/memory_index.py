@@ -30,10 +30,11 @@ class MemoryIndex(SessionIndex):
         self._members: dict[str, _Member] = {}
         self._totals: dict[str, int] = {}
 
-    def record(self, session_id: str, status: str, step: int, at_ms: int, terminal: bool) -> None:
-        """Called for every stored event, as the publish script does for Redis."""
+    def record(self, session_id: str, status: str, step: int, at_ms: int, terminal: bool, new_session: bool) -> None:
+        """Called for every stored event, as the publish script does for Redis. A new session (or one whose
+        data expired) starts afresh, as its Redis meta hash would."""
         member = self._members.get(session_id)
-        if member is None:
+        if member is None or new_session:
             member = self._members[session_id] = _Member(at_ms, "active", step, at_ms)
         elif member.step != step or terminal:
             # The step that ended: the previous one, or the current one when the job ends on it.
