@@ -112,9 +112,14 @@ async def test_the_memory_engine_drops_the_entry_of_an_expired_session() -> None
     engine.publish_now(EventDraft("fresh", 1, 3))
     assert await _listed(engine) == {"fresh"}
     assert await engine.index.members(None, None, 10) == [("fresh", engine.index._members["fresh"].last_event_ms)]
-    # The same id again after its data expired: a new session, without the old one's step timings.
-    engine.publish_now(EventDraft("gone-soon", 2, 3))
-    (entry,) = await engine.index.entries(["gone-soon"])
+
+
+async def test_the_memory_engine_starts_an_expired_session_id_afresh() -> None:
+    engine = MemoryEngine(ttl=1)
+    engine.publish_now(EventDraft("again", 1, 3))
+    await asyncio.sleep(1.1)
+    engine.publish_now(EventDraft("again", 2, 3))  # its data expired: a new session, not a step of the old one
+    (entry,) = await engine.index.entries(["again"])
     assert entry is not None and entry.durations == []
 
 
