@@ -24,11 +24,13 @@ from .config import Settings
 from .engines import Engine, EngineUnavailable, create_engine
 from .errors import ApiError, error_response, handle_api_error, store_unavailable
 from .hub import Hub
+from .index_watch import IndexWatch
 from .openapi import openapi_schema
 from .ratelimit import RateLimiter
 from .service import Service
+from .session_index import StallRule
 from .sockets import raise_open_files_limit
-from .transports import legacy, ops, publish, snapshot, sse, ws
+from .transports import legacy, ops, publish, sessions, snapshot, sse, ws
 
 # The browser client and the demo page live inside the package, so a wheel serves them like a checkout.
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -45,6 +47,13 @@ WEB_CLIENT_CACHE_CONTROL = "no-cache"
 async def demo_page(request: Request) -> Response:
     return FileResponse(
         WEB_DIR / "index.html",
+        headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": WEB_CLIENT_CACHE_CONTROL},
+    )
+
+
+async def ops_page(request: Request) -> Response:
+    return FileResponse(
+        WEB_DIR / "ops.html",
         headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": WEB_CLIENT_CACHE_CONTROL},
     )
 
@@ -134,15 +143,18 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     service = Service(
         settings, engine, hub, TokenAuthority(settings.secrets, settings.insecure), RateLimiter(settings.publish_rate)
     )
+    index_watch = IndexWatch(engine, StallRule(settings.stall_after, settings.stall_factor), settings.ttl)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tune_garbage_collector()
         raise_open_files_limit()
         await hub.start()
+        await index_watch.start()
         try:
             yield
         finally:
+            await index_watch.stop()
             await hub.stop()
             await engine.close()
 
@@ -161,6 +173,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     routes = [
         Route("/", demo_page),
+        Route("/ops", ops_page),
+        Route("/ops/events", sessions.changes),
+        Route("/ops/figures", sessions.figures),
+        Route("/sessions", sessions.sessions),
         Route("/sessions/{session_id}/events", sse.events, methods=["GET"]),
         Route("/sessions/{session_id}/events", publish.publish, methods=["POST"]),
         Route("/sessions/{session_id}", snapshot.snapshot),
@@ -186,4 +202,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         },
     )
     app.state.service = service
+    app.state.index_watch = index_watch
     return app

@@ -27,13 +27,16 @@ class Role(StrEnum):
     SUBSCRIBE = "subscribe"
     PUBLISH = "publish"
     ADMIN = "admin"
+    OBSERVE = "observe"
 
 
-# What each role may do: a publisher can read what it writes; an admin can do everything.
+# What each role may do: a publisher can read what it writes; an observer (the ops page, a dashboard) can list
+# and follow every session but neither publish nor see /stats; an admin can do everything.
 GRANTS: dict[Role, frozenset[Role]] = {
     Role.SUBSCRIBE: frozenset({Role.SUBSCRIBE}),
     Role.PUBLISH: frozenset({Role.SUBSCRIBE, Role.PUBLISH}),
-    Role.ADMIN: frozenset({Role.SUBSCRIBE, Role.PUBLISH, Role.ADMIN}),
+    Role.OBSERVE: frozenset({Role.SUBSCRIBE, Role.OBSERVE}),
+    Role.ADMIN: frozenset({Role.SUBSCRIBE, Role.PUBLISH, Role.ADMIN, Role.OBSERVE}),
 }
 
 

@@ -26,6 +26,7 @@ import orjson
 import uvicorn
 from starlette.applications import Starlette
 
+from . import sessions_cli
 from .auth import Role, TokenAuthority
 from .bridge import add_bridge_arguments, run_bridge
 from .config import ConfigError, Settings
@@ -308,9 +309,11 @@ def token(args: argparse.Namespace) -> int:
     settings = _settings()
     if not settings.secrets:
         return _fail(EXIT_CONFIG, "set SSE_PROGRESS_SECRET (the server's secret) to make a token")
-    if args.session == "*" and not (args.publish or args.admin):
-        _usage_error(args, "a subscriber token names one session; * needs --publish or --admin")
-    role = Role.ADMIN if args.admin else Role.PUBLISH if args.publish else Role.SUBSCRIBE
+    if args.session == "*" and not (args.publish or args.admin or args.observe):
+        _usage_error(args, "a subscriber token names one session; * needs --publish, --admin or --observe")
+    role = (
+        Role.ADMIN if args.admin else Role.PUBLISH if args.publish else Role.OBSERVE if args.observe else Role.SUBSCRIBE
+    )
     print(TokenAuthority(settings.secrets).issue(args.session, role, ttl=args.ttl))
     return EXIT_OK
 
@@ -421,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     role = p.add_mutually_exclusive_group()
     role.add_argument("--publish", action="store_true", help="a publisher token")
     role.add_argument("--admin", action="store_true", help="an admin token (/stats)")
+    role.add_argument("--observe", action="store_true", help="an observe token for * (/sessions, /ops)")
     p.add_argument("--ttl", type=int_argument(1), default=3600, help="seconds until the token expires")
 
     p = _command(commands, "publish", publish, help="publish one event", epilog=EXIT_STATUSES)
@@ -452,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, "bridge", run_bridge, help="turn the older system's unbraced Redis writes into events")
     add_bridge_arguments(p)
+
+    sessions_cli.add_command(commands)
     return parser
 
 

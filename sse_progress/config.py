@@ -82,6 +82,8 @@ class Settings:
     responder: str = "lean"
     header_timeout: float = 10.0
     legacy_routes: bool = False
+    stall_after: float = 60.0
+    stall_factor: float = 4.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -107,6 +109,8 @@ class Settings:
             responder=_choice(env, "SSE_PROGRESS_RESPONDER", ("lean", "sse-starlette")),
             header_timeout=_float(env, "SSE_PROGRESS_HEADER_TIMEOUT", 10.0, minimum=0.1),
             legacy_routes=_bool(env, "SSE_PROGRESS_LEGACY_ROUTES", False),
+            stall_after=_float(env, "SSE_PROGRESS_STALL_AFTER", 60.0, minimum=0.1),
+            stall_factor=_float(env, "SSE_PROGRESS_STALL_FACTOR", 4.0, minimum=1.0),
         )
 
     def with_overrides(self, **changes: object) -> Settings:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..events import EventDraft, EventId
+from ..session_index import SessionIndex
 
 
 class SessionTerminal(Exception):
@@ -67,6 +68,7 @@ class Engine(ABC):
     """Store, read and announce events."""
 
     name: str
+    index: SessionIndex  # kept up to date by ``publish`` (see session_index)
 
     @abstractmethod
     async def publish(self, draft: EventDraft) -> Published:

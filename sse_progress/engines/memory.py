@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from ..events import EventDraft, EventId, eta_seconds, finish_envelope, format_event_id, with_id
 from .base import Engine, Feed, MessageHandler, Published, ResyncHandler, SessionTerminal, SessionView
+from .memory_index import MemoryIndex
 
 SWEEP_INTERVAL = 60.0
 
@@ -24,6 +25,7 @@ class _Session:
 
 class MemoryEngine(Engine):
     name = "memory"
+    index: MemoryIndex
 
     def __init__(self, history: int = 1000, ttl: int = 86400) -> None:
         self.history = history
@@ -31,6 +33,7 @@ class MemoryEngine(Engine):
         self._sessions: dict[str, _Session] = {}
         self._feeds: set[MemoryFeed] = set()
         self._last_sweep = time.monotonic()
+        self.index = MemoryIndex(self._snapshot)
 
     def _session(self, session_id: str) -> _Session | None:
         session = self._sessions.get(session_id)
@@ -38,6 +41,10 @@ class MemoryEngine(Engine):
             del self._sessions[session_id]
             return None
         return session
+
+    def _snapshot(self, session_id: str) -> bytes | None:
+        session = self._session(session_id)
+        return session.events[-1][1] if session is not None and session.events else None
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -59,6 +66,7 @@ class MemoryEngine(Engine):
         """``publish`` for synchronous callers: storing in memory never waits."""
         self._sweep()
         session = self._session(draft.session_id)
+        new_session = session is None
         if session is None:
             session = self._sessions[draft.session_id] = _Session(started_ms=draft.timestamp_ms)
         if session.terminal:
@@ -79,6 +87,7 @@ class MemoryEngine(Engine):
             session.events.popleft()
         session.terminal = draft.terminal
         session.expires_at = time.monotonic() + self.ttl
+        self.index.record(draft.session_id, draft.status, draft.etapa_atual, event_id[0], draft.terminal, new_session)
 
         for feed in tuple(self._feeds):
             feed.deliver(draft.session_id, envelope)

@@ -25,26 +25,36 @@ from .base import (
     SessionView,
 )
 from .redis_feed import RedisFeed
+from .redis_index import STEP_DURATION_LUA, IndexKeys, RedisIndex, index_update_lua
 
-PUBLISH_SCRIPT = """
+_SESSION_PUBLISH_HEAD = """
 local stream, snapshot, meta = KEYS[1], KEYS[2], KEYS[3]
 local channel, draft, terminal = ARGV[1], ARGV[2], ARGV[3]
 local etapa, total, now_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local maxlen, ttl, publisher, sequence = ARGV[7], tonumber(ARGV[8]), ARGV[9], tonumber(ARGV[10])
+local sid, status = ARGV[11], ARGV[12]
 
-if redis.call('HEXISTS', meta, 'terminal') == 1 then
+-- The session's meta hash is read once and written once: each call from a script has a cost.
+local pub_field = 'pub:' .. publisher
+local state = redis.call('HMGET', meta, 'terminal', 'started', 'step', 'step_at', 'durations', pub_field)
+if state[1] then
   return {'terminal', redis.call('GET', snapshot) or ''}
 end
+local changes = {}
 if publisher ~= '' then
-  local field = 'pub:' .. publisher
-  if sequence <= tonumber(redis.call('HGET', meta, field) or '-1') then
+  if sequence <= tonumber(state[6] or '-1') then
     return {'duplicate', redis.call('GET', snapshot) or ''}
   end
-  redis.call('HSET', meta, field, sequence)
+  changes[#changes + 1], changes[#changes + 2] = pub_field, sequence
 end
 
-redis.call('HSETNX', meta, 'started', now_ms)
-local started = tonumber(redis.call('HGET', meta, 'started'))
+local new_session = not state[2]
+local started = now_ms
+if new_session then
+  changes[#changes + 1], changes[#changes + 2] = 'started', now_ms
+else
+  started = tonumber(state[2])
+end
 local eta = 'null'
 if terminal == '1' then
   eta = '0.0'
@@ -59,12 +69,22 @@ local envelope = '{"id":"' .. id .. '",' .. string.sub(stored, 2)
 redis.call('SET', snapshot, envelope, 'EX', ttl)
 redis.call('EXPIRE', stream, ttl)
 if terminal == '1' then
-  redis.call('HSET', meta, 'terminal', id)
+  changes[#changes + 1], changes[#changes + 2] = 'terminal', id
 end
-redis.call('EXPIRE', meta, ttl)
-redis.call('PUBLISH', channel, envelope)
-return {'ok', envelope}
 """
+_SESSION_PUBLISH_META = """
+if #changes > 0 then redis.call('HSET', meta, unpack(changes)) end
+redis.call('EXPIRE', meta, ttl)
+"""
+_SESSION_PUBLISH_TAIL = """
+redis.call('PUBLISH', channel, envelope)
+return {'ok', envelope, at, ended_step, ended_ms, new_session and 1 or 0}
+"""
+_SESSION_PUBLISH = _SESSION_PUBLISH_HEAD + STEP_DURATION_LUA + _SESSION_PUBLISH_META
+# One Redis: the session's keys (KEYS[1..3]) and the index's (KEYS[4..6]) in one script, one round trip.
+PUBLISH_SCRIPT = _SESSION_PUBLISH + index_update_lua(4) + _SESSION_PUBLISH_TAIL
+# A cluster: the session's keys only; the index is updated by INDEX_SCRIPT in its own slot (see redis_index).
+SESSION_PUBLISH_SCRIPT = _SESSION_PUBLISH + _SESSION_PUBLISH_TAIL
 
 # Returns {snapshot, first retained id, entries after ARGV[1]}; the first retained id is 'lost' when the stream
 # is gone but the snapshot is not. A resume id before the first retained id needs history that is gone: trimmed,
@@ -89,6 +109,7 @@ class RedisKeys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.index = IndexKeys(prefix)
         self._channel_prefix = f"{prefix}:session:{{".encode()
 
     def stream(self, session_id: str) -> str:
@@ -145,6 +166,7 @@ class RedisEngine(Engine):
         self._options = options
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._read = self.client.register_script(READ_SCRIPT)
+        self.index = RedisIndex(self.client, self.keys.index, self.keys.snapshot, self.keys.meta)
 
     async def publish(self, draft: EventDraft) -> Published:
         keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
@@ -202,7 +224,7 @@ def publish_arguments(
 ) -> tuple[list[str], list[str | bytes | int]]:
     """KEYS and ARGV of ``PUBLISH_SCRIPT``; shared by the engine and the synchronous tracker."""
     sid = draft.session_id
-    return [keys.stream(sid), keys.snapshot(sid), keys.meta(sid)], [
+    return [keys.stream(sid), keys.snapshot(sid), keys.meta(sid), *keys.index.for_publish(draft.status)], [
         keys.channel(sid),
         draft.encode(),
         "1" if draft.terminal else "0",
@@ -213,11 +235,13 @@ def publish_arguments(
         ttl,
         draft.publisher,
         draft.sequence,
+        sid,
+        draft.status,
     ]
 
 
 def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
-    status, envelope = outcome
+    status, envelope = outcome[0], outcome[1]
     if status == b"terminal":
         raise SessionTerminal(session_id, envelope or None)
     return Published(envelope, duplicate=status == b"duplicate")

@@ -24,8 +24,17 @@ from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredEr
 from ..events import EventDraft, EventId
 from .base import EngineUnavailable, Feed, MessageHandler, Published, ResyncHandler, SessionView
 from .cluster_url import node_url
-from .redis import PUBLISH_SCRIPT, READ_SCRIPT, RedisEngine, RedisKeys, connection_options
+from .redis import (
+    READ_SCRIPT,
+    SESSION_PUBLISH_SCRIPT,
+    RedisEngine,
+    RedisKeys,
+    connection_options,
+    publish_arguments,
+    published_outcome,
+)
 from .redis_cluster_feed import RedisClusterFeed
+from .redis_index import INDEX_KEY_COUNT, INDEX_SCRIPT, RedisIndex, index_arguments
 
 UNAVAILABLE = (RedisError, RedisClusterException)
 
@@ -37,7 +46,7 @@ def _sharded(script: str) -> str:
     return script.replace(announcement, "redis.call('SPUBLISH', channel, envelope)")
 
 
-CLUSTER_PUBLISH_SCRIPT = _sharded(PUBLISH_SCRIPT)
+CLUSTER_PUBLISH_SCRIPT = _sharded(SESSION_PUBLISH_SCRIPT)
 
 
 class ClusterTopology:
@@ -88,13 +97,20 @@ class RedisClusterEngine(RedisEngine):
         self.topology = ClusterTopology(self.cluster, self._commands)
         self._publish = self.cluster.register_script(CLUSTER_PUBLISH_SCRIPT)
         self._read = self.cluster.register_script(READ_SCRIPT)
+        self._index_update = self.cluster.register_script(INDEX_SCRIPT)
+        self.index = RedisIndex(self.cluster, self.keys.index, self.keys.snapshot, self.keys.meta)
 
     async def publish(self, draft: EventDraft) -> Published:
+        keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
         async with self._commands:
             try:
-                return await super().publish(draft)
-            except RedisClusterException as error:  # e.g. the slot is not covered while a master fails over
+                outcome = await self._publish(keys=keys[:-INDEX_KEY_COUNT], args=args)
+                index_args = index_arguments(args, outcome)
+                if index_args is not None:
+                    await self._index_update(keys=keys[-INDEX_KEY_COUNT:], args=index_args)
+            except UNAVAILABLE as error:  # e.g. the slot is not covered while a master fails over
                 raise EngineUnavailable(str(error)) from error
+        return published_outcome(draft.session_id, outcome)
 
     async def read(self, session_id: str, after: EventId | None) -> SessionView:
         async with self._commands:

@@ -21,6 +21,7 @@ from redis.exceptions import RedisClusterException
 from .cluster_url import is_cluster_url, node_url
 from .redis import PUBLISH_SCRIPT
 from .redis_cluster import CLUSTER_PUBLISH_SCRIPT
+from .redis_index import INDEX_KEY_COUNT, INDEX_SCRIPT, index_arguments
 
 ScriptArguments = Sequence[Any]
 
@@ -49,8 +50,15 @@ class SyncClusterPublisher:
         def run(keys: ScriptArguments, args: ScriptArguments) -> Any:
             try:
                 if not registered:
-                    registered.append(self._connected().register_script(script))
-                return registered[0](keys=keys, args=args)
+                    registered.extend(self._connected().register_script(code) for code in (script, INDEX_SCRIPT))
+                if script != CLUSTER_PUBLISH_SCRIPT:
+                    return registered[0](keys=keys, args=args)
+                # The session's slot first, then the index's (see redis_index).
+                outcome = registered[0](keys=keys[:-INDEX_KEY_COUNT], args=args)
+                index_args = index_arguments(list(args), outcome)
+                if index_args is not None:
+                    registered[1](keys=keys[-INDEX_KEY_COUNT:], args=index_args)
+                return outcome
             except RedisClusterException as error:
                 raise redis.ConnectionError(str(error)) from error
 
@@ -72,10 +80,18 @@ class AsyncClusterPublisher:
 
     def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
         registered = self._client.register_script(script)
+        index_update = self._client.register_script(INDEX_SCRIPT)
 
         async def run(keys: ScriptArguments, args: ScriptArguments) -> Any:
             try:
-                return await registered(keys=keys, args=args)
+                if script != CLUSTER_PUBLISH_SCRIPT:
+                    return await registered(keys=keys, args=args)
+                # The session's slot first, then the index's (see redis_index).
+                outcome = await registered(keys=keys[:-INDEX_KEY_COUNT], args=args)
+                index_args = index_arguments(list(args), outcome)
+                if index_args is not None:
+                    await index_update(keys=keys[-INDEX_KEY_COUNT:], args=index_args)
+                return outcome
             except RedisClusterException as error:
                 raise redis.ConnectionError(str(error)) from error
 

@@ -10,6 +10,7 @@ from ..auth import Role
 from ..engines import EngineUnavailable
 from ..metrics import METRICS
 from ..service import Service
+from .sessions import refresh_job_metrics
 
 
 async def healthz(request: Request) -> Response:
@@ -87,6 +88,7 @@ async def metrics(request: Request) -> Response:
               type: string
     """
     METRICS.active_sessions.set(len(Service.of(request).hub.session_ids))
+    await refresh_job_metrics(request)
     return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
 
 
