@@ -37,6 +37,7 @@ from .engines.cluster_url import is_cluster_url
 from .engines.redis import RedisEngine, connection_options
 from .engines.redis_feed import next_message
 from .events import InvalidEvent
+from .exits import EXIT_CONFIG, EXIT_OK
 from .legacy import LegacyKeys, OwnUpdate, draft_from_legacy, same_state, session_from_name
 from .logs import log_config
 from .metrics import METRICS
@@ -309,29 +310,16 @@ def _notifications_help(reason: str) -> str:
     )
 
 
-def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", default=None, help="default: $REDIS_URL (one Redis; not a cluster)")
-    parser.add_argument("--channel-pattern", default=None, help="default: <prefix>:session:* ($SSE_PROGRESS_PREFIX)")
-    parser.add_argument("--key-pattern", default=None, help="default: <prefix>:progress:*")
-    parser.add_argument("--total-etapas", type=int, default=15, help="for updates without total_etapas")
-    parser.add_argument("--settle-ms", type=int, default=int(SETTLE_SECONDS * 1000), help="delay before a key is read")
-    parser.add_argument(
-        "--no-configure-redis", action="store_true", help=f"never CONFIG SET {NOTIFY_SETTING} (log what to set)"
-    )
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics on 127.0.0.1:PORT")
-    parser.add_argument("--metrics-host", default="127.0.0.1")
-
-
 def run_bridge(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env().with_overrides(redis_url=args.redis_url)
     except ConfigError as error:
         print(f"sse-progress: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     url = settings.redis_url
     if not url or url.startswith("memory://") or is_cluster_url(url):
         print(NEEDS_REDIS, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     logging.config.dictConfig(log_config(settings.log_format))
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -358,7 +346,7 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str, legacy:
         )
     except ConfigError as error:
         print(f"sse-progress: {error}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     task = asyncio.ensure_future(bridge.run())
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -367,4 +355,4 @@ async def _serve(args: argparse.Namespace, settings: Settings, url: str, legacy:
         await task
     await bridge.close()
     log.info("bridge stopped: %s", ", ".join(f"{k} {v}" for k, v in sorted(bridge.counts.items())) or "nothing read")
-    return 0
+    return EXIT_OK

@@ -28,11 +28,12 @@ from starlette.applications import Starlette
 
 from . import sessions_cli
 from .auth import Role, TokenAuthority
-from .bridge import add_bridge_arguments, run_bridge
+from .bridge import NOTIFY_SETTING, SETTLE_SECONDS, run_bridge
 from .config import ConfigError, Settings
 from .demo import SCREENS, run_simulated_quote
 from .engines import MemoryEngine, SessionTerminal
 from .events import MAX_STEP, STATUSES, EventDraft, InvalidEvent, is_valid_session_id, parse_event_id
+from .exits import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_STATUSES, EXIT_UNAVAILABLE, EXIT_USAGE
 from .logs import log_config
 from .sockets import HTTP_PROTOCOL
 from .tracker import new_session_id
@@ -42,18 +43,6 @@ EXAMPLES_ROOT = Path(__file__).resolve().parent.parent
 RPA_JOB = EXAMPLES_ROOT / "examples" / "rpa_quote" / "job.py"
 RPA_CHROMIUM = os.environ.get("SSE_PROGRESS_CHROMIUM") or "/usr/bin/chromium"
 
-# Exit statuses, after sysexits.h. argparse's own 2 would read as "cancelled" to a script that runs `watch`.
-EXIT_OK = 0
-EXIT_REFUSED = 1  # the request was understood and refused: session already ended, token or event rejected
-EXIT_USAGE = 64  # EX_USAGE: unknown option, missing or malformed argument
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the store (Redis) or the server could not be reached
-EXIT_CONFIG = 78  # EX_CONFIG: a setting is missing or unusable (SSE_PROGRESS_SECRET, an SSE_PROGRESS_* value)
-EXIT_STATUSES = """exit status:
-  0 success
-  1 refused: the session already ended, the token or the event was rejected
-  64 usage error: an unknown option, a missing or malformed argument
-  69 unavailable: Redis or the server could not be reached
-  78 configuration: SSE_PROGRESS_SECRET is missing or an SSE_PROGRESS_* value is unusable"""
 WATCH_EXIT_STATUSES = """exit status (the session's end, for scripts):
   0 success
   1 error
@@ -454,10 +443,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume after this event id; 0 or earliest replays the history (default: the latest state)",
     )  # fmt: skip
 
-    p = _command(commands, "bridge", run_bridge, help="turn the older system's unbraced Redis writes into events")
-    add_bridge_arguments(p)
+    p = _command(
+        commands, "bridge", run_bridge, epilog=EXIT_STATUSES,
+        help="turn the older system's unbraced Redis writes into events",
+    )  # fmt: skip
+    p.add_argument("--redis-url", default=None, help="default: $REDIS_URL (one Redis; not a cluster)")
+    p.add_argument("--channel-pattern", default=None, help="default: <prefix>:session:* ($SSE_PROGRESS_PREFIX)")
+    p.add_argument("--key-pattern", default=None, help="default: <prefix>:progress:*")
+    p.add_argument(
+        "--total-etapas", type=int_argument(1, MAX_STEP), default=15, help="for updates without total_etapas"
+    )
+    p.add_argument(
+        "--settle-ms", type=int_argument(0, 10_000), default=int(SETTLE_SECONDS * 1000),
+        help="how long the first SET of a session waits for its PUBLISH before the key is read",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-configure-redis", action="store_true", help=f"never CONFIG SET {NOTIFY_SETTING} (log what to set)"
+    )
+    p.add_argument("--metrics-port", type=port_argument, default=None, help="serve /metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the address /metrics listens on")
 
-    sessions_cli.add_command(commands)
+    p = _command(
+        commands, "sessions", sessions_cli.run, epilog=EXIT_STATUSES,
+        help="list sessions (running, stalled, finished); --watch follows the changes live",
+    )  # fmt: skip
+    sessions_cli.add_arguments(p)
     return parser
 
 

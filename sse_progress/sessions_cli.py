@@ -6,7 +6,8 @@
 
 The token is ``--token``, else ``$SSE_PROGRESS_TOKEN``, else an observe token minted with
 ``$SSE_PROGRESS_SECRET``. Exit status: 0 listed (``--watch``: until interrupted), 64 usage error, 69 the server
-or its event store is unreachable, 77 the server refused the token (401/403), 130 interrupted.
+or its event store is unreachable, 1 the server refused the token (401/403), 78 a setting is unusable,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -23,14 +24,10 @@ import httpx
 
 from .auth import Role, TokenAuthority
 from .config import ConfigError, Settings
+from .exits import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
 from .session_index import FILTERS, MAX_PAGE
 from .watch import default_url, format_eta
 
-EXIT_OK = 0
-EXIT_USAGE = 64  # sysexits.h EX_USAGE
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE
-EXIT_REFUSED = 77  # EX_NOPERM
-EXIT_INTERRUPTED = 130
 TOKEN_TTL = 86400
 RECONNECT_SECONDS = 2.0
 STATE_TEXT = {
@@ -51,20 +48,14 @@ class Unreachable(Exception):
     pass
 
 
-def add_command(commands: Any) -> None:
-    """Registers ``sessions`` on the ``sse-progress`` subcommand parser."""
-    p = commands.add_parser(
-        "sessions",
-        help="list sessions (running, stalled, finished); --watch follows the changes live",
-        epilog="exit status: 0 ok, 64 usage error, 69 server or store unreachable, 77 token refused, 130 interrupted",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``sse-progress sessions``."""
     p.add_argument("--status", choices=FILTERS, default=None, help="only sessions in this state")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.add_argument("--watch", action="store_true", help="follow the changes live until interrupted")
     p.add_argument("--limit", type=int, default=100, help=f"sessions listed (1-{MAX_PAGE}, default 100)")
     p.add_argument("--url", default=None, help="the server (default: $SSE_PROGRESS_URL, else http://127.0.0.1:$PORT)")
     p.add_argument("--token", default=None, help="default: $SSE_PROGRESS_TOKEN, else minted with SSE_PROGRESS_SECRET")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
@@ -75,7 +66,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         token = _token(args.token)
     except ConfigError as error:
         print(f"sse-progress sessions: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
     base = (args.url or default_url()).rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:

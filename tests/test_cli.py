@@ -159,7 +159,7 @@ def test_serve_logs_the_embedded_engine() -> None:
     ("args", "complaint"),
     [
         (("token", "a b"), "argument session: invalid session id 'a b'"),
-        (("token", "*"), "* needs --publish or --admin"),
+        (("token", "*"), "* needs --publish, --admin or --observe"),
         (("token", "abc", "--ttl", "0"), "argument --ttl: must be an integer at least 1, got 0"),
         (("token", "abc", "--ttl", "-5"), "argument --ttl: must be an integer at least 1, got -5"),
         (("publish", "a b", "--etapa", "1", "--redis-url", "redis://127.0.0.1:1"), "invalid session id 'a b'"),

@@ -102,5 +102,5 @@ def test_exit_codes(live: LiveServer) -> None:
     assert _cli("--url", live.url, "--status", "stuck").returncode == 64
     assert _cli("--url", live.url, "--limit", "0").returncode == 64
     subscriber = live.token("abc", Role.SUBSCRIBE)
-    assert _cli("--url", live.url, "--token", subscriber).returncode == 77
+    assert _cli("--url", live.url, "--token", subscriber).returncode == 1
     assert _cli("--url", live.url, "--token", live.token("*", Role.OBSERVE)).returncode == 0
