@@ -7,13 +7,32 @@ The envelope JSON never contains a raw newline (JSON escapes control characters 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
 from .events import TERMINAL_STATUSES, EventId, decode, parse_event_id
 
 FrameKind = Literal["progress_update", "snapshot", "reset"]
+
+
+class ForeignEnvelope(ValueError):
+    """Bytes on a session's key or channel that are not an envelope this service wrote; says why."""
+
+
+def parse_envelope(envelope_json: bytes) -> tuple[dict[str, Any], str, EventId]:
+    """The decoded envelope, its id as written and as a pair. The one test of "is this our envelope"."""
+    try:
+        envelope = decode(envelope_json)
+    except ValueError as error:  # orjson's decode error is a ValueError too
+        raise ForeignEnvelope(f"not a JSON object ({error})") from None
+    id_text = envelope.get("id")
+    if not isinstance(id_text, str):
+        raise ForeignEnvelope("no event id (a JSON object without a string 'id')")
+    event_id = parse_event_id(id_text)
+    if event_id is None:
+        raise ForeignEnvelope(f"invalid event id {id_text[:40]!r}")
+    return envelope, id_text, event_id
 
 
 class Frame:
@@ -32,16 +51,15 @@ class Frame:
 
     @classmethod
     def from_envelope(cls, envelope_json: bytes, kind: FrameKind = "progress_update") -> Frame:
-        """A frame of a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``."""
-        envelope = decode(envelope_json)
-        id_text = envelope["id"]
-        event_id = parse_event_id(id_text)
-        if event_id is None:
-            raise ValueError(f"envelope has an invalid id: {id_text!r}")
+        """A frame of a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``.
+
+        Raises ``ForeignEnvelope`` for anything this service did not write."""
+        envelope, id_text, event_id = parse_envelope(envelope_json)
         if kind != "progress_update":
             envelope["type"] = kind
             envelope_json = orjson.dumps(envelope)
-        return cls(event_id, id_text, kind, envelope_json, envelope.get("status", ""))
+        status = envelope.get("status", "")
+        return cls(event_id, id_text, kind, envelope_json, status if isinstance(status, str) else "")
 
     @property
     def terminal(self) -> bool:

@@ -14,7 +14,8 @@ from collections.abc import Awaitable
 from .coalesce import Coalescer
 from .engines import Engine, EngineUnavailable, Feed, SessionView
 from .events import EventId
-from .frames import Frame
+from .foreign import FOREIGN
+from .frames import ForeignEnvelope, Frame
 from .metrics import METRICS
 from .shutdown import server_is_exiting
 
@@ -257,8 +258,8 @@ class Hub:
             return
         try:
             frame = Frame.from_envelope(envelope)
-        except ValueError:
-            log.warning("ignored a malformed message on session %s", session_id)
+        except ForeignEnvelope as error:
+            FOREIGN.skipped("channel", session_id, str(error))
             return
         for listener in listeners:
             listener.push(frame)

@@ -31,6 +31,12 @@ class Metrics:
         self.redis_reconnects = Counter(
             "sse_progress_redis_reconnects", "Pub/Sub reconnections after a lost connection", registry=self.registry
         )
+        self.foreign_messages = Counter(
+            "sse_progress_foreign_messages",
+            "Messages on a session's channel, or snapshot values, that are not envelopes this service wrote (skipped)",
+            ["where"],
+            registry=self.registry,
+        )
         self.publish_latency = Histogram(
             "sse_progress_publish_seconds",
             "Time to store and announce one event",

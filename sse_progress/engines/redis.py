@@ -14,6 +14,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..events import EventDraft, EventId, format_event_id, parse_event_id, with_id
+from ..foreign import FOREIGN
+from ..frames import ForeignEnvelope, parse_envelope
 from .base import (
     Engine,
     EngineUnavailable,
@@ -167,7 +169,7 @@ class RedisEngine(Engine):
             )
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
-        if not snapshot:
+        if not snapshot or not _written_by_us(session_id, snapshot):
             return SessionView(snapshot=None)
         if after is None:
             return SessionView(snapshot)
@@ -221,6 +223,16 @@ def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
     if status == b"terminal":
         raise SessionTerminal(session_id, envelope or None)
     return Published(envelope, duplicate=status == b"duplicate")
+
+
+def _written_by_us(session_id: str, snapshot: bytes) -> bool:
+    """A snapshot key holding anything else (another system's JSON) is as good as absent: no usable history."""
+    try:
+        parse_envelope(snapshot)
+    except ForeignEnvelope as error:
+        FOREIGN.skipped("snapshot", session_id, str(error))
+        return False
+    return True
 
 
 def _history_missing_after(first_retained: bytes, after: EventId) -> bool:
