@@ -52,6 +52,11 @@ ResyncHandler = Callable[[], None]
 class Feed(ABC):
     """A live subscription to sessions' events. A process opens one and shares it (see ``Hub``)."""
 
+    @property
+    def problem(self) -> str | None:
+        """Why the feed does not deliver live events right now (None: it does); ``/readyz`` reports it."""
+        return None
+
     @abstractmethod
     async def add(self, session_id: str) -> None:
         """Subscribe; returns once messages for the session will be delivered."""

@@ -99,6 +99,13 @@ class RedisClusterFeed(Feed):
         shard = self._home[session_id] = self._shard(address)
         await shard.subscribe(session_id)
 
+    @property
+    def problem(self) -> str | None:
+        for shard in self._shards.values():
+            if shard.problem is not None:
+                return shard.problem
+        return None
+
     async def remove(self, session_id: str) -> None:
         shard = self._home.pop(session_id, None)
         if shard is not None:
@@ -169,6 +176,7 @@ class ShardSubscription:
         self.address = address
         self.sessions: set[str] = set()
         self.connected = False
+        self.problem: str | None = f"connecting to redis shard {address[0]}:{address[1]} pub/sub"
         self._feed = feed
         self._client = client
         self._keys = keys
@@ -250,15 +258,23 @@ class ShardSubscription:
                     await pubsub.ssubscribe(self._keys.channel(session_id))
                 first = False
                 failures = 0
+                self.problem = None
                 self._resync_acknowledged(None)
                 await self._read(pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, ShardMoved) as error:
+            except Exception as error:
                 self.connected = False
                 self._pubsub = None
                 failures += 1
-                log.warning("redis shard %s:%s pub/sub interrupted (%s)", *self.address, error)
+                where = "redis shard {}:{} pub/sub".format(*self.address)
+                if isinstance(error, (RedisError, OSError, ShardMoved)):
+                    self.problem = f"{where} interrupted ({error}); reconnecting"
+                    log.warning("%s interrupted (%s)", where, error)
+                else:
+                    # Whatever ended the reader, live delivery must not end with it: start again and resync.
+                    self.problem = f"{where} reader failed ({error!r}); restarting"
+                    log.error("%s reader failed; restarting it and resyncing open streams", where, exc_info=error)
                 await self._feed.relocate(self)
                 if self._feed.retire_if_idle(self):
                     await self._client.aclose()
