@@ -96,4 +96,16 @@ def shutdown_retry_line() -> bytes:
     return retry_line(random.randint(*SHUTDOWN_RETRY_MS))
 
 
+# A browser's EventSource gives up for good on any answer but 200 (or 204, which means "stop"): a transient
+# problem is answered with an empty 200 stream that asks it to come back, at a random moment within a window so
+# that the clients refused together do not return together.
+STORE_UNAVAILABLE_RETRY_MS = (2000, 5000)
+CONNECTION_LIMIT_RETRY_MS = (5000, 15000)
+
+
+def try_again_body(problem: str, window_ms: tuple[int, int]) -> bytes:
+    """An empty stream saying why (an SSE comment) and when to reconnect (a jittered ``retry:``)."""
+    return b": %s; reconnect shortly\n%s" % (problem.encode(), retry_line(random.randint(*window_ms)))
+
+
 HEARTBEAT = b": ping\n\n"

@@ -37,6 +37,12 @@ class Metrics:
             ["where"],
             registry=self.registry,
         )
+        self.streams_deferred = Counter(
+            "sse_progress_streams_deferred",
+            "Stream and poll requests answered with an empty stream and a retry: delay instead of an error",
+            ["reason"],
+            registry=self.registry,
+        )
         self.publish_latency = Histogram(
             "sse_progress_publish_seconds",
             "Time to store and announce one event",

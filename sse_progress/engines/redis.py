@@ -11,6 +11,8 @@ import ssl
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..events import EventDraft, EventId, format_event_id, parse_event_id, with_id
@@ -141,8 +143,11 @@ class RedisEngine(Engine):
         self.history = history
         self.ttl = ttl
         options = connection_options(url, verify_tls)
-        # A small blocking pool queues a burst of readers instead of failing past max_connections.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=10, **options)
+        # A small blocking pool queues a burst of readers instead of failing past max_connections. A command
+        # that meets a dead connection (Redis restarted) is sent once more, on a new one: no request fails.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=10, retry=Retry(NoBackoff(), 1), **options
+        )
         self.client = aioredis.Redis(connection_pool=pool)
         self._options = options
         self._publish = self.client.register_script(PUBLISH_SCRIPT)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,14 +32,13 @@ from redis.retry import Retry
 
 from .base import Feed, MessageHandler, ResyncHandler
 from .cluster_url import node_url
-from .redis_feed import next_message, stop_reader
+from .redis_feed import backoff, next_message, stop_reader
 
 if TYPE_CHECKING:
     from .redis import RedisKeys
 
 log = logging.getLogger("sse_progress.feed")
 
-MAX_BACKOFF_SECONDS = 5.0
 TOPOLOGY_ERRORS = (RedisError, RedisClusterException, OSError)
 
 Address = tuple[str, int]
@@ -57,10 +55,6 @@ class Topology(Protocol):
 
 class ShardMoved(Exception):
     """Redis unsubscribed a followed channel on its own: the channel's slot now lives on another master."""
-
-
-def _backoff(failures: int) -> float:
-    return min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures) * (0.5 + random.random() / 2)
 
 
 class RedisClusterFeed(Feed):
@@ -95,7 +89,7 @@ class RedisClusterFeed(Feed):
                 # The hub gives up after its own timeout; until then, wait for the cluster to answer.
                 failures += 1
                 log.warning("no owner known for session %s (%s); retrying", session_id, error)
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
         shard = self._home[session_id] = self._shard(address)
         await shard.subscribe(session_id)
 
@@ -279,7 +273,7 @@ class ShardSubscription:
                 if self._feed.retire_if_idle(self):
                     await self._client.aclose()
                     return
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
             finally:
                 self.connected = False
                 self._pubsub = None

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sse_progress.feed")
 
 IDLE_PING_SECONDS = 10.0
-MAX_BACKOFF_SECONDS = 5.0
+# Short: reconnecting costs one connection attempt per process, and every watcher waits for it.
+MAX_BACKOFF_SECONDS = 2.0
 
 
 class RedisFeed(Feed):

@@ -23,8 +23,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..auth import Role
 from ..engines import EngineUnavailable
-from ..errors import ApiError, store_unavailable
-from ..frames import HEARTBEAT, retry_line, shutdown_retry_line
+from ..errors import ApiError, AtConnectionLimit
+from ..frames import (
+    CONNECTION_LIMIT_RETRY_MS,
+    HEARTBEAT,
+    STORE_UNAVAILABLE_RETRY_MS,
+    retry_line,
+    shutdown_retry_line,
+    try_again_body,
+)
 from ..hub import Listener
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
@@ -38,6 +45,12 @@ EVENT_STREAM_RAW_HEADERS = [
 ]
 EVENTS_PATH = re.compile(r"/sessions/([^/]+)/events")
 STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
+
+
+def _try_again(problem: str, reason: str, window_ms: tuple[int, int]) -> Response:
+    """200 and an empty stream with a ``retry:``: a 503 would make a browser's EventSource stop for good."""
+    METRICS.streams_deferred.labels(reason).inc()
+    return Response(try_again_body(problem, window_ms), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 def resume_id(request: Request) -> str | None:
@@ -54,10 +67,12 @@ async def serve_events(scope: Scope, receive: Receive, send: Send) -> None:
 async def _respond(request: Request) -> Response:
     try:
         response = await events(request)
+    except AtConnectionLimit:
+        response = _try_again("server at its connection limit", "connection_limit", CONNECTION_LIMIT_RETRY_MS)
     except ApiError as error:
         response = error.response()
     except EngineUnavailable:
-        response = store_unavailable()
+        response = _try_again("event store unavailable", "store_unavailable", STORE_UNAVAILABLE_RETRY_MS)
     origin = request.headers.get("origin")
     allowed = Service.of(request).settings.cors_origins
     if origin is not None and (origin in allowed or "*" in allowed):
