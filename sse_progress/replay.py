@@ -37,6 +37,13 @@ class AlreadyFinished(Exception):
         self.terminal = terminal
 
 
+class SessionExpired(Exception):
+    """The client holds an event of a session that expired: nothing is stored any more, and nothing will come."""
+
+    def __init__(self) -> None:
+        super().__init__("the session expired: nothing is stored after the resume id any more")
+
+
 class SlowConsumer(Exception):
     """The client's buffer overflowed; it must reconnect and resume from its last id."""
 
@@ -68,7 +75,9 @@ def resume_point(resume: str | None) -> EventId | str | None:
 
 
 async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Replay:
-    """The frames a client resuming from ``resume`` gets before live events. Raises ``AlreadyFinished``.
+    """The frames a client resuming from ``resume`` gets before live events.
+
+    Raises ``AlreadyFinished`` or ``SessionExpired``: nothing to send, and the client must stop.
 
     ``read`` is ``Engine.read``, or ``Hub.read_session`` to share the read with identical requests."""
     after = resume_point(resume)
@@ -79,8 +88,10 @@ async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Repl
 def plan(view: SessionView, after: EventId | str | None) -> Replay:
     """What a client resuming after ``after`` (see ``resume_point``) gets, given what the engine holds."""
     if view.snapshot is None:
-        # A client that names an event saw history that is gone (expired, or Redis lost its data): whatever
-        # arrives first must replace its state, even if its id is not newer than the one the client holds.
+        if view.expired:
+            raise SessionExpired
+        # A client that names an event saw history that is gone (Redis lost its data): whatever arrives first
+        # must replace its state, even if its id is not newer than the one the client holds.
         lost = after is not None and after != ZERO_ID
         return Replay(last_id=after if lost and isinstance(after, tuple) else None, reset_next=lost)
     if after is None:

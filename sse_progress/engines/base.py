@@ -7,6 +7,7 @@ already carry their ``id``.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ class SessionView:
     snapshot: bytes | None
     events: list[bytes] = field(default_factory=list)
     gap: bool = False  # an event after the resume id is no longer retained (trimmed or expired)
+    expired: bool = False  # nothing is stored, and the resume id is older than the TTL (see ``outlived``)
+
+
+def outlived(after: EventId | None, ttl: int) -> bool:
+    """Whether a session with nothing stored has expired, for a client holding event ``after``.
+
+    Keys expire ``ttl`` seconds after a session's last event, which is at or after ``after``: while ``after`` is
+    younger than the TTL, an empty store means Redis lost the data (the job may go on), not an expiry.
+    """
+    return after is not None and after != (0, 0) and after[0] + ttl * 1000 <= time.time() * 1000
 
 
 MessageHandler = Callable[[str, bytes], None]

@@ -27,6 +27,7 @@ from .base import (
     ResyncHandler,
     SessionTerminal,
     SessionView,
+    outlived,
 )
 from .redis_feed import RedisFeed
 
@@ -175,7 +176,7 @@ class RedisEngine(Engine):
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
         if not snapshot or not _written_by_us(session_id, snapshot):
-            return SessionView(snapshot=None)
+            return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         if after is None:
             return SessionView(snapshot)
         events = [with_id(fields[1], entry_id.decode()) for entry_id, fields in entries]

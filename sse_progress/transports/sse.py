@@ -34,7 +34,7 @@ from ..frames import (
 )
 from ..hub import Listener
 from ..metrics import METRICS
-from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
+from ..replay import AlreadyFinished, ServerClosing, SessionExpired, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
 from .connection import OpenConnection
 
@@ -103,7 +103,7 @@ async def events(request: Request) -> Response:
     resume = resume_id(request)
     try:
         stream = await SessionStream.open(service.hub, session_id, resume, "sse")
-    except AlreadyFinished:
+    except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service, resume)
@@ -165,6 +165,8 @@ async def _deliver(stream: SessionStream, send: Send, connection: OpenConnection
         return "too slow"
     except EngineUnavailable:
         return "event store unavailable"  # the client reconnects and resumes once it is back
+    except SessionExpired:
+        return "session expired"  # the client reconnects with its last id and gets 204
     except ServerClosing:
         await _write(send, listener, shutdown_retry_line())
         return "shutdown"
@@ -226,6 +228,8 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
         reason = "too slow"
     except EngineUnavailable:
         reason = "event store unavailable"
+    except SessionExpired:
+        reason = "session expired"
     except ServerClosing:
         reason = "shutdown"
         yield shutdown_retry_line()
@@ -237,7 +241,7 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
         replay = await plan_replay(service.engine.read, session_id, resume)
-    except AlreadyFinished:
+    except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
     body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
     if not replay.frames and resume is None:
