@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from .auth import TokenAuthority
 from .config import Settings
-from .engines import Engine, EngineUnavailable, create_engine
-from .errors import ApiError, error_response, handle_api_error, store_unavailable
+from .engines import Engine, EngineFull, EngineUnavailable, create_engine
+from .errors import ApiError, error_response, handle_api_error, store_full, store_unavailable
 from .hub import Hub
 from .openapi import openapi_schema
 from .ratelimit import RateLimiter
@@ -72,7 +72,7 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
-    return store_unavailable()
+    return store_full() if isinstance(exc, EngineFull) else store_unavailable()
 
 
 class NoSniff:

@@ -35,3 +35,9 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 def store_unavailable() -> JSONResponse:
     return error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
+
+
+def store_full() -> JSONResponse:
+    return error_response(
+        507, "event store is full: it refuses new events until memory is freed; retry later", {"Retry-After": "30"}
+    )

@@ -28,6 +28,10 @@ class EngineUnavailable(Exception):
     """The engine's backing store does not answer."""
 
 
+class EngineFull(EngineUnavailable):
+    """The backing store answers but refuses to store anything more (Redis: maxmemory with noeviction)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     envelope: bytes  # the stored envelope, with id

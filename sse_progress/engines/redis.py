@@ -7,19 +7,22 @@ Redis Cluster slot.
 
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from ..events import EventDraft, EventId, format_event_id, parse_event_id, with_id
 from ..foreign import FOREIGN
 from ..frames import ForeignEnvelope, parse_envelope
 from .base import (
     Engine,
+    EngineFull,
     EngineUnavailable,
     Feed,
     MessageHandler,
@@ -30,6 +33,8 @@ from .base import (
     outlived,
 )
 from .redis_feed import RedisFeed
+
+log = logging.getLogger("sse_progress.engine")
 
 PUBLISH_SCRIPT = """
 local stream, snapshot, meta = KEYS[1], KEYS[2], KEYS[3]
@@ -151,6 +156,7 @@ class RedisEngine(Engine):
         )
         self.client = aioredis.Redis(connection_pool=pool)
         self._options = options
+        self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._read = self.client.register_script(READ_SCRIPT)
 
@@ -158,8 +164,16 @@ class RedisEngine(Engine):
         keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
         try:
             outcome = await self._publish(keys=keys, args=args)
+        except OutOfMemoryError as error:
+            if not self._full:
+                self._full = True
+                log.error("redis refuses every event: %s; free memory or raise maxmemory", FULL)
+            raise EngineFull(FULL) from error
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
+        if self._full:
+            self._full = False
+            log.warning("redis stores events again")
         return published_outcome(draft.session_id, outcome)
 
     async def read(self, session_id: str, after: EventId | None) -> SessionView:
@@ -186,10 +200,12 @@ class RedisEngine(Engine):
         return RedisFeed(self.url, self._options, self.keys, on_message, on_resync)
 
     async def ping(self) -> None:
+        """Redis answers, and would store an event (it answers PING even when it refuses every write)."""
         try:
-            await self.client.ping()
+            memory = await self.client.info("memory")
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
+        raise_if_full(memory)
 
     async def stats(self) -> dict[str, Any]:
         info = await self.client.info()
@@ -229,6 +245,17 @@ def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
     if status == b"terminal":
         raise SessionTerminal(session_id, envelope or None)
     return Published(envelope, duplicate=status == b"duplicate")
+
+
+FULL = "event store is full: Redis used all its maxmemory and its policy is noeviction"
+
+
+def raise_if_full(memory: Mapping[str, Any]) -> None:
+    """Raise ``EngineFull`` if a Redis node with this ``INFO memory`` refuses writes (it does past maxmemory
+    under noeviction; any other policy evicts keys instead)."""
+    limit = int(memory.get("maxmemory", 0))
+    if limit and memory.get("maxmemory_policy") == "noeviction" and int(memory.get("used_memory", 0)) > limit:
+        raise EngineFull(FULL)
 
 
 def _written_by_us(session_id: str, snapshot: bytes) -> bool:

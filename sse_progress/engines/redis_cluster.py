@@ -24,7 +24,7 @@ from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredEr
 from ..events import EventDraft, EventId
 from .base import EngineUnavailable, Feed, MessageHandler, Published, ResyncHandler, SessionView
 from .cluster_url import node_url
-from .redis import PUBLISH_SCRIPT, READ_SCRIPT, RedisEngine, RedisKeys, connection_options
+from .redis import PUBLISH_SCRIPT, READ_SCRIPT, RedisEngine, RedisKeys, connection_options, raise_if_full
 from .redis_cluster_feed import RedisClusterFeed
 
 UNAVAILABLE = (RedisError, RedisClusterException)
@@ -85,6 +85,7 @@ class RedisClusterEngine(RedisEngine):
         self._options = connection_options(self.url, verify_tls)
         self.cluster = RedisCluster.from_url(self.url, max_connections=pool_size, **self._options)
         self._commands = asyncio.Semaphore(pool_size)
+        self._full = False
         self.topology = ClusterTopology(self.cluster, self._commands)
         self._publish = self.cluster.register_script(CLUSTER_PUBLISH_SCRIPT)
         self._read = self.cluster.register_script(READ_SCRIPT)
@@ -110,9 +111,13 @@ class RedisClusterEngine(RedisEngine):
         """Every master must answer: a session on a silent one could neither publish nor be read."""
         async with self._commands:
             try:
-                await self.cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+                by_node: dict[str, dict[str, Any]] = await self.cluster.info(
+                    "memory", target_nodes=RedisCluster.PRIMARIES
+                )
             except UNAVAILABLE as error:
                 raise EngineUnavailable(str(error)) from error
+        for memory in by_node.values():
+            raise_if_full(memory)
 
     async def stats(self) -> dict[str, Any]:
         async with self._commands:
