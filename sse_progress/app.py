@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from .auth import TokenAuthority
 from .config import Settings
-from .engines import Engine, EngineFull, EngineUnavailable, create_engine
+from .engines import Engine, EngineFull, EngineMisconfigured, EngineUnavailable, create_engine
 from .errors import ApiError, error_response, handle_api_error, store_full, store_unavailable
 from .hub import Hub
 from .openapi import openapi_schema
@@ -32,6 +32,8 @@ from .transports import ops, publish, snapshot, sse, ws
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 if not WEB_DIR.is_dir():  # installed as a wheel: the web client ships inside the package
     WEB_DIR = Path(__file__).resolve().parent / "web"
+
+log = logging.getLogger("sse_progress.app")
 
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -126,6 +128,17 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+async def verify_engine(engine: Engine) -> None:
+    """Refuse to start on a wrong engine URL; a store that does not answer yet is checked by /readyz later."""
+    try:
+        await engine.verify()
+    except EngineMisconfigured as error:
+        log.error("cannot start: %s", error)
+        raise
+    except EngineUnavailable as error:
+        log.warning("could not check the event store at startup (%s); /readyz checks it again", error)
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings)
@@ -138,6 +151,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tune_garbage_collector()
+        await verify_engine(engine)
         await hub.start()
         try:
             yield

@@ -28,6 +28,10 @@ class EngineUnavailable(Exception):
     """The engine's backing store does not answer."""
 
 
+class EngineMisconfigured(Exception):
+    """The engine URL names the wrong kind of store; the message says which URL to use instead."""
+
+
 class EngineFull(EngineUnavailable):
     """The backing store answers but refuses to store anything more (Redis: maxmemory with noeviction)."""
 
@@ -102,6 +106,10 @@ class Engine(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise ``EngineUnavailable`` unless the backing store answers."""
+
+    async def verify(self) -> None:
+        """At startup: raise ``EngineMisconfigured`` if the store is not what the URL says it is."""
+        return None
 
     async def stats(self) -> dict[str, Any]:
         return {}

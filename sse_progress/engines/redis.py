@@ -23,6 +23,7 @@ from ..frames import ForeignEnvelope, parse_envelope
 from .base import (
     Engine,
     EngineFull,
+    EngineMisconfigured,
     EngineUnavailable,
     Feed,
     MessageHandler,
@@ -156,6 +157,7 @@ class RedisEngine(Engine):
         )
         self.client = aioredis.Redis(connection_pool=pool)
         self._options = options
+        self._verified = False  # verify() found a single Redis, not a cluster node
         self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._read = self.client.register_script(READ_SCRIPT)
@@ -202,10 +204,28 @@ class RedisEngine(Engine):
     async def ping(self) -> None:
         """Redis answers, and would store an event (it answers PING even when it refuses every write)."""
         try:
+            if not self._verified:
+                await self.verify()
             memory = await self.client.info("memory")
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
+        except EngineMisconfigured as error:  # Redis was not reachable at startup to be verified then
+            raise EngineUnavailable(str(error)) from error
         raise_if_full(memory)
+
+    async def verify(self) -> None:
+        """A cluster node answers single-node commands for its own slots only: every other session would fail."""
+        try:
+            info = await self.client.info("cluster")
+        except RedisError as error:
+            raise EngineUnavailable(str(error)) from error
+        if info.get("cluster_enabled") == 1:
+            where = self.client.connection_pool.connection_kwargs
+            raise EngineMisconfigured(
+                f"the Redis at {where.get('host')}:{where.get('port')} is a Redis Cluster node, which serves the "
+                "sessions of its own slots only: use a redis+cluster:// (or rediss+cluster://) URL"
+            )
+        self._verified = True
 
     async def stats(self) -> dict[str, Any]:
         info = await self.client.info()
