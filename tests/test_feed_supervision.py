@@ -14,10 +14,15 @@ from sse_progress.events import EventDraft
 from sse_progress.service import Service
 
 
+@pytest.mark.parametrize("engine", ["redis", "cluster"])
 async def test_a_failed_feed_reader_is_restarted_with_a_resync_and_readyz_names_it(
-    redis_url: str, session_id: str, caplog: pytest.LogCaptureFixture
+    request: pytest.FixtureRequest, session_id: str, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:
-    app = create_app(Settings(redis_url=redis_url, insecure=True))
+    if engine == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = request.getfixturevalue("redis_cluster").url
+    app = create_app(Settings(redis_url=url, insecure=True))
     service: Service = app.state.service
     async with (
         app.router.lifespan_context(app),
@@ -29,16 +34,17 @@ async def test_a_failed_feed_reader_is_restarted_with_a_resync_and_readyz_names_
             await asyncio.sleep(0.05)
         listener = await service.hub.listen(session_id, "test")
         feed = service.hub.feed
-        deliver = feed._on_message  # type: ignore[attr-defined]
+        handler = "_on_message" if engine == "redis" else "on_message"
+        deliver = getattr(feed, handler)
         failed = asyncio.Event()
 
         def fails_once(session: str, envelope: bytes) -> None:
             # A bug anywhere in the message path: the reader must not end with it.
-            feed._on_message = deliver  # type: ignore[attr-defined]
+            setattr(feed, handler, deliver)
             failed.set()
             raise RuntimeError("a bug in the message path")
 
-        feed._on_message = fails_once  # type: ignore[attr-defined]
+        setattr(feed, handler, fails_once)
         answers: list[tuple[int, str]] = []
 
         async def watch_readiness() -> None:
