@@ -21,8 +21,8 @@ from .frames import Frame
 from .hub import Hub, Listener
 from .metrics import METRICS
 
-# Pauses between the attempts at a resync read. Right after Redis restarts, the pooled command connections are
-# dead and the first command on each fails; the next attempt opens a fresh connection.
+# Pauses between the attempts at a resync read: the feed may be back a moment before the command connections
+# (a command on a dead pooled connection is already sent again once, on a new one).
 RESYNC_RETRY_DELAYS = (0.1, 0.5, 1.5)
 
 Reader = Callable[[str, EventId | None], Awaitable[SessionView]]
