@@ -18,10 +18,7 @@ from sse_progress.service import Service
 async def test_a_failed_feed_reader_is_restarted_with_a_resync_and_readyz_names_it(
     request: pytest.FixtureRequest, session_id: str, caplog: pytest.LogCaptureFixture, engine: str
 ) -> None:
-    if engine == "redis":
-        url = request.getfixturevalue("redis_url")
-    else:
-        url = request.getfixturevalue("redis_cluster").url
+    url = request.getfixturevalue("redis_url") if engine == "redis" else request.getfixturevalue("redis_cluster").url
     app = create_app(Settings(redis_url=url, insecure=True))
     service: Service = app.state.service
     async with (
