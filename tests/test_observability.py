@@ -185,10 +185,12 @@ async def test_metrics_carry_no_session_id_or_token(quiet_server: LiveServer) ->
     metrics = await scrape(quiet_server)
     for secret in (session_id, subscriber, publisher_token, quiet_server.secret):
         assert secret not in metrics.text
-    # Every label comes from a closed set: transports and histogram buckets.
+    # Every label comes from a closed set: transports, histogram buckets, and the two closed sets of reasons.
     labels = {label for _, series in metrics.samples for label in series}
-    assert {name for name, _ in labels} <= {"transport", "le"}
+    assert {name for name, _ in labels} <= {"transport", "le", "where", "reason"}
     assert {value for name, value in labels if name == "transport"} <= {"sse", "ws", "poll"}
+    assert {value for name, value in labels if name == "where"} <= {"channel", "snapshot"}
+    assert {value for name, value in labels if name == "reason"} <= {"store_unavailable", "connection_limit"}
 
 
 # --- /stats -------------------------------------------------------------------------------------------------------
