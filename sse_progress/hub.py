@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Awaitable
 
 from .coalesce import Coalescer
@@ -18,8 +17,6 @@ from .foreign import FOREIGN
 from .frames import ForeignEnvelope, Frame
 from .metrics import METRICS
 from .shutdown import server_is_exiting
-
-log = logging.getLogger("sse_progress.hub")
 
 SUBSCRIBE_TIMEOUT = 10.0
 SHUTDOWN_POLL_SECONDS = 0.25
