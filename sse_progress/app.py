@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from .auth import TokenAuthority
 from .config import Settings
-from .engines import Engine, EngineUnavailable, create_engine
-from .errors import ApiError, error_response, handle_api_error, store_unavailable
+from .engines import Engine, EngineFull, EngineMisconfigured, EngineUnavailable, create_engine
+from .errors import ApiError, error_response, handle_api_error, store_full, store_unavailable
 from .hub import Hub
 from .index_watch import IndexWatch
 from .openapi import openapi_schema
@@ -34,6 +34,8 @@ from .transports import legacy, ops, publish, sessions, snapshot, sse, ws
 
 # The browser client and the demo page live inside the package, so a wheel serves them like a checkout.
 WEB_DIR = Path(__file__).resolve().parent / "web"
+
+log = logging.getLogger("sse_progress.app")
 
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -81,7 +83,7 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
-    return store_unavailable()
+    return store_full() if isinstance(exc, EngineFull) else store_unavailable()
 
 
 class NoSniff:
@@ -135,6 +137,17 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+async def verify_engine(engine: Engine) -> None:
+    """Refuse to start on a wrong engine URL; a store that does not answer yet is checked by /readyz later."""
+    try:
+        await engine.verify()
+    except EngineMisconfigured as error:
+        log.error("cannot start: %s", error)
+        raise
+    except EngineUnavailable as error:
+        log.warning("could not check the event store at startup (%s); /readyz checks it again", error)
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings)
@@ -149,6 +162,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tune_garbage_collector()
         raise_open_files_limit()
+        await verify_engine(engine)
         await hub.start()
         await index_watch.start()
         try:

@@ -19,7 +19,7 @@ replace its state with the envelope). Guarantees:
 * it reconnects after the server's ``retry:`` delay (else ``reconnect_delay``), doubling the delay on each
   consecutive failure up to ``max_reconnect_delay``; a ``Retry-After`` header (``503``, ``429``) is honoured;
 * it ends after yielding the terminal envelope (``status`` ``success``, ``error`` or ``cancelled``), or at once
-  when the server answers ``204`` (the session ended at or before the resume id);
+  when the server answers ``204`` (the session ended at or before the resume id, or it expired);
 * a refusal that a retry cannot fix (``400``, ``401``, ``403``, any ``4xx`` but 408, 425 and 429) raises
   ``FollowError`` with the status and the server's ``error`` message, without retrying;
 * a ``reset`` is yielded whatever its id: when the store went back in time (Redis restored from an older
@@ -301,7 +301,7 @@ async def _run(state: _Follower, client: httpx.AsyncClient | None) -> AsyncGener
                     )
                     response = source.response
                     if response.status_code == 204:
-                        return  # the session ended at or before our resume id: nothing left to send
+                        return  # the session ended at or before our resume id, or expired: nothing left to send
                     if response.status_code != 200:
                         body = await state.bounded(response.aread())
                         if response.status_code not in RETRYABLE_STATUSES:

@@ -17,6 +17,13 @@ class ApiError(Exception):
         return error_response(self.status, self.message, self.headers)
 
 
+class AtConnectionLimit(ApiError):
+    """SSE_PROGRESS_MAX_CONNECTIONS streams are open: a new one must come back later."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "server at its connection limit; retry shortly", {"Retry-After": "5"})
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"success": False, "error": message}, status_code=status, headers=headers)
 
@@ -28,3 +35,9 @@ async def handle_api_error(request: Request, exc: Exception) -> Response:
 
 def store_unavailable() -> JSONResponse:
     return error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
+
+
+def store_full() -> JSONResponse:
+    return error_response(
+        507, "event store is full: it refuses new events until memory is freed; retry later", {"Retry-After": "30"}
+    )

@@ -7,13 +7,32 @@ The envelope JSON never contains a raw newline (JSON escapes control characters 
 from __future__ import annotations
 
 import random
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 
 from .events import TERMINAL_STATUSES, EventId, decode, parse_event_id
 
 FrameKind = Literal["progress_update", "snapshot", "reset"]
+
+
+class ForeignEnvelope(ValueError):
+    """Bytes on a session's key or channel that are not an envelope this service wrote; says why."""
+
+
+def parse_envelope(envelope_json: bytes) -> tuple[dict[str, Any], str, EventId]:
+    """The decoded envelope, its id as written and as a pair. The one test of "is this our envelope"."""
+    try:
+        envelope = decode(envelope_json)
+    except ValueError as error:  # orjson's decode error is a ValueError too
+        raise ForeignEnvelope(f"not a JSON object ({error})") from None
+    id_text = envelope.get("id")
+    if not isinstance(id_text, str):
+        raise ForeignEnvelope("no event id (a JSON object without a string 'id')")
+    event_id = parse_event_id(id_text)
+    if event_id is None:
+        raise ForeignEnvelope(f"invalid event id {id_text[:40]!r}")
+    return envelope, id_text, event_id
 
 
 class Frame:
@@ -32,16 +51,15 @@ class Frame:
 
     @classmethod
     def from_envelope(cls, envelope_json: bytes, kind: FrameKind = "progress_update") -> Frame:
-        """A frame of a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``."""
-        envelope = decode(envelope_json)
-        id_text = envelope["id"]
-        event_id = parse_event_id(id_text)
-        if event_id is None:
-            raise ValueError(f"envelope has an invalid id: {id_text!r}")
+        """A frame of a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``.
+
+        Raises ``ForeignEnvelope`` for anything this service did not write."""
+        envelope, id_text, event_id = parse_envelope(envelope_json)
         if kind != "progress_update":
             envelope["type"] = kind
             envelope_json = orjson.dumps(envelope)
-        return cls(event_id, id_text, kind, envelope_json, envelope.get("status", ""))
+        status = envelope.get("status", "")
+        return cls(event_id, id_text, kind, envelope_json, status if isinstance(status, str) else "")
 
     @property
     def terminal(self) -> bool:
@@ -76,6 +94,18 @@ def shutdown_retry_line() -> bytes:
     """The last words of a stream ended by a shutdown: a random short delay spreads the reconnects, so the
     remaining instances are not hit by every client at once."""
     return retry_line(random.randint(*SHUTDOWN_RETRY_MS))
+
+
+# A browser's EventSource gives up for good on any answer but 200 (or 204, which means "stop"): a transient
+# problem is answered with an empty 200 stream that asks it to come back, at a random moment within a window so
+# that the clients refused together do not return together.
+STORE_UNAVAILABLE_RETRY_MS = (2000, 5000)
+CONNECTION_LIMIT_RETRY_MS = (5000, 15000)
+
+
+def try_again_body(problem: str, window_ms: tuple[int, int]) -> bytes:
+    """An empty stream saying why (an SSE comment) and when to reconnect (a jittered ``retry:``)."""
+    return b": %s; reconnect shortly\n%s" % (problem.encode(), retry_line(random.randint(*window_ms)))
 
 
 HEARTBEAT = b": ping\n\n"

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Awaitable
 
 from .coalesce import Coalescer
 from .engines import Engine, EngineUnavailable, Feed, SessionView
 from .events import EventId
-from .frames import Frame
+from .foreign import FOREIGN
+from .frames import ForeignEnvelope, Frame
 from .metrics import METRICS
 from .shutdown import server_is_exiting
-
-log = logging.getLogger("sse_progress.hub")
 
 SUBSCRIBE_TIMEOUT = 10.0
 SHUTDOWN_POLL_SECONDS = 0.25
@@ -257,8 +255,8 @@ class Hub:
             return
         try:
             frame = Frame.from_envelope(envelope)
-        except ValueError:
-            log.warning("ignored a malformed message on session %s", session_id)
+        except ForeignEnvelope as error:
+            FOREIGN.skipped("channel", session_id, str(error))
             return
         for listener in listeners:
             listener.push(frame)

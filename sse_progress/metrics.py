@@ -36,6 +36,18 @@ class Metrics:
             "Connections dropped for not completing a request's headers in time (SSE_PROGRESS_HEADER_TIMEOUT)",
             registry=self.registry,
         )
+        self.foreign_messages = Counter(
+            "sse_progress_foreign_messages",
+            "Messages on a session's channel, or snapshot values, that are not envelopes this service wrote (skipped)",
+            ["where"],
+            registry=self.registry,
+        )
+        self.streams_deferred = Counter(
+            "sse_progress_streams_deferred",
+            "Stream and poll requests answered with an empty stream and a retry: delay instead of an error",
+            ["reason"],
+            registry=self.registry,
+        )
         self.publish_latency = Histogram(
             "sse_progress_publish_seconds",
             "Time to store and announce one event",
@@ -48,6 +60,12 @@ class Metrics:
             ["source", "outcome"],
             registry=self.registry,
         )
+
+        # Shown at 0 from the start, so that a dashboard or an alert can name them before the first one.
+        for where in ("channel", "snapshot"):
+            self.foreign_messages.labels(where)
+        for reason in ("store_unavailable", "connection_limit"):
+            self.streams_deferred.labels(reason)
 
 
 METRICS = Metrics()

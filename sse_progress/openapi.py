@@ -206,7 +206,11 @@ SSE_EVENTS_OPERATION: dict[str, Any] = {
     "security": TOKEN_SECURITY,
     "responses": {
         "200": {
-            "description": "`retry:` first, then frames (`id:`, `event:` snapshot/progress_update/reset, `data:`)",
+            "description": (
+                "`retry:` first, then frames (`id:`, `event:` snapshot/progress_update/reset, `data:`). When the event"
+                " store is unavailable or the server is at its connection limit: a comment naming the problem and a"
+                " jittered `retry:`, then the end of the response (an EventSource reconnects by itself)"
+            ),
             "headers": {
                 "Cache-Control": {"schema": {"type": "string", "const": "no-cache"}},
                 "X-Accel-Buffering": {"schema": {"type": "string", "const": "no"}},
@@ -217,7 +221,6 @@ SSE_EVENTS_OPERATION: dict[str, Any] = {
         "400": {"$ref": "#/components/responses/BadRequest"},
         "401": {"$ref": "#/components/responses/Unauthorized"},
         "403": {"$ref": "#/components/responses/Forbidden"},
-        "503": {"$ref": "#/components/responses/Unavailable"},
     },
 }
 

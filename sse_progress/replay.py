@@ -21,8 +21,8 @@ from .frames import Frame
 from .hub import Hub, Listener
 from .metrics import METRICS
 
-# Pauses between the attempts at a resync read. Right after Redis restarts, the pooled command connections are
-# dead and the first command on each fails; the next attempt opens a fresh connection.
+# Pauses between the attempts at a resync read: the feed may be back a moment before the command connections
+# (a command on a dead pooled connection is already sent again once, on a new one).
 RESYNC_RETRY_DELAYS = (0.1, 0.5, 1.5)
 
 Reader = Callable[[str, EventId | None], Awaitable[SessionView]]
@@ -35,6 +35,13 @@ class AlreadyFinished(Exception):
     def __init__(self, terminal: Frame) -> None:
         super().__init__("the session ended at or before the resume id")
         self.terminal = terminal
+
+
+class SessionExpired(Exception):
+    """The client holds an event of a session that expired: nothing is stored any more, and nothing will come."""
+
+    def __init__(self) -> None:
+        super().__init__("the session expired: nothing is stored after the resume id any more")
 
 
 class SlowConsumer(Exception):
@@ -68,7 +75,9 @@ def resume_point(resume: str | None) -> EventId | str | None:
 
 
 async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Replay:
-    """The frames a client resuming from ``resume`` gets before live events. Raises ``AlreadyFinished``.
+    """The frames a client resuming from ``resume`` gets before live events.
+
+    Raises ``AlreadyFinished`` or ``SessionExpired``: nothing to send, and the client must stop.
 
     ``read`` is ``Engine.read``, or ``Hub.read_session`` to share the read with identical requests."""
     after = resume_point(resume)
@@ -79,8 +88,10 @@ async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Repl
 def plan(view: SessionView, after: EventId | str | None) -> Replay:
     """What a client resuming after ``after`` (see ``resume_point``) gets, given what the engine holds."""
     if view.snapshot is None:
-        # A client that names an event saw history that is gone (expired, or Redis lost its data): whatever
-        # arrives first must replace its state, even if its id is not newer than the one the client holds.
+        if view.expired:
+            raise SessionExpired
+        # A client that names an event saw history that is gone (Redis lost its data): whatever arrives first
+        # must replace its state, even if its id is not newer than the one the client holds.
         lost = after is not None and after != ZERO_ID
         return Replay(last_id=after if lost and isinstance(after, tuple) else None, reset_next=lost)
     if after is None:

@@ -9,7 +9,7 @@ from starlette.requests import HTTPConnection
 from .auth import Claims, Role, TokenAuthority, token_from
 from .config import Settings
 from .engines import Engine
-from .errors import ApiError
+from .errors import ApiError, AtConnectionLimit
 from .events import is_valid_session_id
 from .hub import Hub
 from .ratelimit import RateLimiter
@@ -37,7 +37,7 @@ class Service:
     def admit_connection(self) -> None:
         """Refuse a new stream past SSE_PROGRESS_MAX_CONNECTIONS, before it costs anything."""
         if self.hub.connections() >= self.settings.max_connections:
-            raise ApiError(503, "server at its connection limit; retry shortly", {"Retry-After": "5"})
+            raise AtConnectionLimit
 
     def limit_publishing(self, connection: HTTPConnection, session_id: str, claims: Claims | None) -> None:
         # Per token and session: a wildcard publisher token serving many jobs gets a budget per job. The token is

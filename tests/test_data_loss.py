@@ -11,9 +11,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import websockets
 
 from .clients import Follower, Publisher, Received, collect_until_end, follow, id_key
 from .conftest import LiveServer, RedisServer, wait_until
+from .test_reliability import ws_url
 
 TRANSPORTS = ["sse", "ws"]
 
@@ -146,16 +148,17 @@ async def test_resume_after_redis_lost_the_history_gets_a_reset_with_the_snapsho
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_resume_after_the_session_expired_gets_the_next_event_as_a_reset(
+async def test_resume_after_redis_lost_a_running_session_gets_the_next_event_as_a_reset(
     redis_url: str, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_TTL": "1"})
+    live = LiveServer(redis_url)
     live.start()
     publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
     store = redis.Redis.from_url(redis_url)
     try:
         seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
-        wait_until(lambda: not store.exists(f"rpa:events:{{{session_id}}}"), 10, "the session's keys to expire")
+        # Lost, not expired: the client's id is younger than the TTL, so the job may well go on.
+        store.delete(*(f"rpa:{kind}:{{{session_id}}}" for kind in ("events", "progress", "meta")))
         async with follow(transport, live.url, session_id, live.token(session_id), seen[-1]) as stream:
             # Nothing is stored, so there is nothing to reset to yet: the next event that arrives does it.
             restarted = await publish(publisher, 4)
@@ -164,6 +167,39 @@ async def test_resume_after_the_session_expired_gets_the_next_event_as_a_reset(
             rest = await collect_until_end(stream)
         assert first is not None and (first.kind, first.id) == ("reset", restarted["id"])
         assert kinds_and_ids(rest) == updates([final["id"]])
+    finally:
+        store.close()
+        await publisher.aclose()
+        live.stop()
+
+
+@pytest.mark.parametrize("transport", ["sse", "poll", "ws"])
+async def test_resume_after_the_session_expired_ends_at_once_instead_of_heartbeats(
+    redis_url: str, session_id: str, transport: str
+) -> None:
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_TTL": "1"})
+    live.start()
+    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
+    store = redis.Redis.from_url(redis_url)
+    try:
+        seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]  # the job then died without a word
+        wait_until(lambda: not store.exists(f"rpa:events:{{{session_id}}}"), 10, "the session's keys to expire")
+        started = time.monotonic()
+        if transport == "ws":
+            url = f"{ws_url(live, session_id, live.token(session_id))}&last_event_id={seen[-1]}"
+            async with websockets.connect(url) as socket:
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(socket.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+            assert "session expired" in closed.value.rcvd.reason
+        else:
+            params = {"token": live.token(session_id), **({"mode": "poll"} if transport == "poll" else {})}
+            async with httpx.AsyncClient(timeout=5) as client:
+                answer = await client.get(
+                    f"{live.url}/sessions/{session_id}/events", params=params, headers={"Last-Event-ID": seen[-1]}
+                )
+            assert answer.status_code == 204  # a browser's EventSource stops reconnecting
+        assert time.monotonic() - started < 2
     finally:
         store.close()
         await publisher.aclose()

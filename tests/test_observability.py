@@ -185,12 +185,15 @@ async def test_metrics_carry_no_session_id_or_token(quiet_server: LiveServer) ->
     metrics = await scrape(quiet_server)
     for secret in (session_id, subscriber, publisher_token, quiet_server.secret):
         assert secret not in metrics.text
-    # Every label comes from a closed set: transports, histogram buckets, job statuses and step numbers.
+    # Every label comes from a closed set: transports, histogram buckets, job statuses, step numbers, and the two
+    # closed sets of reasons.
     labels = {label for _, series in metrics.samples for label in series}
-    assert {name for name, _ in labels} <= {"transport", "le", "status", "step"}
+    assert {name for name, _ in labels} <= {"transport", "le", "status", "step", "where", "reason"}
     assert {value for name, value in labels if name == "transport"} <= {"sse", "ws", "poll"}
     assert {value for name, value in labels if name == "status"} <= {"success", "error", "cancelled"}
     assert {value for name, value in labels if name == "step"} <= {*map(str, range(1, 51)), "other"}
+    assert {value for name, value in labels if name == "where"} <= {"channel", "snapshot"}
+    assert {value for name, value in labels if name == "reason"} <= {"store_unavailable", "connection_limit"}
 
 
 # --- /stats -------------------------------------------------------------------------------------------------------

@@ -114,7 +114,10 @@ async def test_websockets_are_closed_with_1012_on_shutdown(redis_url: str, sessi
     live.process = None
 
 
-async def test_connections_past_the_limit_get_503_with_retry_after(redis_url: str, session_id: str) -> None:
+async def test_streams_past_the_connection_limit_get_200_and_a_long_jittered_retry(
+    redis_url: str, session_id: str
+) -> None:
+    """A 503 would make a browser's EventSource give up for good: the refused stream is told when to come back."""
     live = LiveServer(redis_url, env={"SSE_PROGRESS_MAX_CONNECTIONS": "2"})
     live.start()
     try:
@@ -122,12 +125,19 @@ async def test_connections_past_the_limit_get_503_with_retry_after(redis_url: st
             follow("sse", live.url, session_id, live.token(session_id)),
             follow("ws", live.url, session_id, live.token(session_id)),
         ):
+            delays = set()
             async with httpx.AsyncClient(timeout=5) as client:
-                refused = await client.get(
-                    f"{live.url}/sessions/{session_id}/events", params={"token": live.token(session_id)}
-                )
-            assert refused.status_code == 503 and refused.headers["retry-after"]
-            assert "connection limit" in refused.json()["error"]
+                for _ in range(5):
+                    refused = await client.get(
+                        f"{live.url}/sessions/{session_id}/events", params={"token": live.token(session_id)}
+                    )
+                    assert refused.status_code == 200
+                    assert refused.headers["content-type"].startswith("text/event-stream")
+                    comment, retry, *rest = refused.text.split("\n")
+                    assert comment.startswith(": server at its connection limit") and rest == ["", ""]
+                    delays.add(int(retry.removeprefix("retry: ")))
+            assert all(5000 <= delay <= 15000 for delay in delays) and len(delays) > 1
+            assert metric(live, 'sse_progress_streams_deferred_total{reason="connection_limit"}') == 5
         await asyncio.sleep(0)
     finally:
         live.stop()

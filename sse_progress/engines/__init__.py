@@ -7,12 +7,23 @@ Cluster, ``memory://`` (or nothing) for the embedded engine.
 from __future__ import annotations
 
 from ..config import Settings
-from .base import Engine, EngineUnavailable, Feed, Published, SessionTerminal, SessionView
+from .base import (
+    Engine,
+    EngineFull,
+    EngineMisconfigured,
+    EngineUnavailable,
+    Feed,
+    Published,
+    SessionTerminal,
+    SessionView,
+)
 from .cluster_url import is_cluster_url
 from .memory import MemoryEngine
 
 __all__ = [
     "Engine",
+    "EngineFull",
+    "EngineMisconfigured",
     "EngineUnavailable",
     "Feed",
     "MemoryEngine",

@@ -7,6 +7,7 @@ already carry their ``id``.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,14 @@ class EngineUnavailable(Exception):
     """The engine's backing store does not answer."""
 
 
+class EngineMisconfigured(Exception):
+    """The engine URL names the wrong kind of store; the message says which URL to use instead."""
+
+
+class EngineFull(EngineUnavailable):
+    """The backing store answers but refuses to store anything more (Redis: maxmemory with noeviction)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     envelope: bytes  # the stored envelope, with id
@@ -41,6 +50,16 @@ class SessionView:
     snapshot: bytes | None
     events: list[bytes] = field(default_factory=list)
     gap: bool = False  # an event after the resume id is no longer retained (trimmed or expired)
+    expired: bool = False  # nothing is stored, and the resume id is older than the TTL (see ``outlived``)
+
+
+def outlived(after: EventId | None, ttl: int) -> bool:
+    """Whether a session with nothing stored has expired, for a client holding event ``after``.
+
+    Keys expire ``ttl`` seconds after a session's last event, which is at or after ``after``: while ``after`` is
+    younger than the TTL, an empty store means Redis lost the data (the job may go on), not an expiry.
+    """
+    return after is not None and after != (0, 0) and after[0] + ttl * 1000 <= time.time() * 1000
 
 
 MessageHandler = Callable[[str, bytes], None]
@@ -52,6 +71,11 @@ ResyncHandler = Callable[[], None]
 
 class Feed(ABC):
     """A live subscription to sessions' events. A process opens one and shares it (see ``Hub``)."""
+
+    @property
+    def problem(self) -> str | None:
+        """Why the feed does not deliver live events right now (None: it does); ``/readyz`` reports it."""
+        return None
 
     @abstractmethod
     async def add(self, session_id: str) -> None:
@@ -84,6 +108,10 @@ class Engine(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise ``EngineUnavailable`` unless the backing store answers."""
+
+    async def verify(self) -> None:
+        """At startup: raise ``EngineMisconfigured`` if the store is not what the URL says it is."""
+        return None
 
     async def stats(self) -> dict[str, Any]:
         return {}

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..events import EventDraft, EventId, eta_seconds, finish_envelope, format_event_id, with_id
-from .base import Engine, Feed, MessageHandler, Published, ResyncHandler, SessionTerminal, SessionView
+from .base import Engine, Feed, MessageHandler, Published, ResyncHandler, SessionTerminal, SessionView, outlived
 from .memory_index import MemoryIndex
 
 SWEEP_INTERVAL = 60.0
@@ -96,7 +96,7 @@ class MemoryEngine(Engine):
     async def read(self, session_id: str, after: EventId | None) -> SessionView:
         session = self._session(session_id)
         if session is None or not session.events:
-            return SessionView(snapshot=None)
+            return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         snapshot = session.events[-1][1]
         if after is None:
             return SessionView(snapshot)

@@ -7,15 +7,23 @@ Redis Cluster slot.
 
 from __future__ import annotations
 
+import logging
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from ..events import EventDraft, EventId, format_event_id, parse_event_id, with_id
+from ..foreign import FOREIGN
+from ..frames import ForeignEnvelope, parse_envelope
 from .base import (
     Engine,
+    EngineFull,
+    EngineMisconfigured,
     EngineUnavailable,
     Feed,
     MessageHandler,
@@ -23,9 +31,12 @@ from .base import (
     ResyncHandler,
     SessionTerminal,
     SessionView,
+    outlived,
 )
 from .redis_feed import RedisFeed
 from .redis_index import STEP_DURATION_LUA, IndexKeys, RedisIndex, index_update_lua
+
+log = logging.getLogger("sse_progress.engine")
 
 _SESSION_PUBLISH_HEAD = """
 local stream, snapshot, meta = KEYS[1], KEYS[2], KEYS[3]
@@ -160,10 +171,15 @@ class RedisEngine(Engine):
         self.history = history
         self.ttl = ttl
         options = connection_options(url, verify_tls)
-        # A small blocking pool queues a burst of readers instead of failing past max_connections.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=10, **options)
+        # A small blocking pool queues a burst of readers instead of failing past max_connections. A command
+        # that meets a dead connection (Redis restarted) is sent once more, on a new one: no request fails.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=10, retry=Retry(NoBackoff(), 1), **options
+        )
         self.client = aioredis.Redis(connection_pool=pool)
         self._options = options
+        self._verified = False  # verify() found a single Redis, not a cluster node
+        self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._read = self.client.register_script(READ_SCRIPT)
         self.index = RedisIndex(self.client, self.keys.index, self.keys.snapshot, self.keys.meta)
@@ -172,8 +188,16 @@ class RedisEngine(Engine):
         keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
         try:
             outcome = await self._publish(keys=keys, args=args)
+        except OutOfMemoryError as error:
+            if not self._full:
+                self._full = True
+                log.error("redis refuses every event: %s; free memory or raise maxmemory", FULL)
+            raise EngineFull(FULL) from error
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
+        if self._full:
+            self._full = False
+            log.warning("redis stores events again")
         return published_outcome(draft.session_id, outcome)
 
     async def read(self, session_id: str, after: EventId | None) -> SessionView:
@@ -189,8 +213,8 @@ class RedisEngine(Engine):
             )
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
-        if not snapshot:
-            return SessionView(snapshot=None)
+        if not snapshot or not _written_by_us(session_id, snapshot):
+            return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         if after is None:
             return SessionView(snapshot)
         events = [with_id(fields[1], entry_id.decode()) for entry_id, fields in entries]
@@ -200,10 +224,30 @@ class RedisEngine(Engine):
         return RedisFeed(self.url, self._options, self.keys, on_message, on_resync)
 
     async def ping(self) -> None:
+        """Redis answers, and would store an event (it answers PING even when it refuses every write)."""
         try:
-            await self.client.ping()
+            if not self._verified:
+                await self.verify()
+            memory = await self.client.info("memory")
         except RedisError as error:
             raise EngineUnavailable(str(error)) from error
+        except EngineMisconfigured as error:  # Redis was not reachable at startup to be verified then
+            raise EngineUnavailable(str(error)) from error
+        raise_if_full(memory)
+
+    async def verify(self) -> None:
+        """A cluster node answers single-node commands for its own slots only: every other session would fail."""
+        try:
+            info = await self.client.info("cluster")
+        except RedisError as error:
+            raise EngineUnavailable(str(error)) from error
+        if info.get("cluster_enabled") == 1:
+            where = self.client.connection_pool.connection_kwargs
+            raise EngineMisconfigured(
+                f"the Redis at {where.get('host')}:{where.get('port')} is a Redis Cluster node, which serves the "
+                "sessions of its own slots only: use a redis+cluster:// (or rediss+cluster://) URL"
+            )
+        self._verified = True
 
     async def stats(self) -> dict[str, Any]:
         info = await self.client.info()
@@ -245,6 +289,27 @@ def published_outcome(session_id: str, outcome: list[bytes]) -> Published:
     if status == b"terminal":
         raise SessionTerminal(session_id, envelope or None)
     return Published(envelope, duplicate=status == b"duplicate")
+
+
+FULL = "event store is full: Redis used all its maxmemory and its policy is noeviction"
+
+
+def raise_if_full(memory: Mapping[str, Any]) -> None:
+    """Raise ``EngineFull`` if a Redis node with this ``INFO memory`` refuses writes (it does past maxmemory
+    under noeviction; any other policy evicts keys instead)."""
+    limit = int(memory.get("maxmemory", 0))
+    if limit and memory.get("maxmemory_policy") == "noeviction" and int(memory.get("used_memory", 0)) > limit:
+        raise EngineFull(FULL)
+
+
+def _written_by_us(session_id: str, snapshot: bytes) -> bool:
+    """A snapshot key holding anything else (another system's JSON) is as good as absent: no usable history."""
+    try:
+        parse_envelope(snapshot)
+    except ForeignEnvelope as error:
+        FOREIGN.skipped("snapshot", session_id, str(error))
+        return False
+    return True
 
 
 def _history_missing_after(first_retained: bytes, after: EventId) -> bool:

@@ -32,6 +32,7 @@ from .redis import (
     connection_options,
     publish_arguments,
     published_outcome,
+    raise_if_full,
 )
 from .redis_cluster_feed import RedisClusterFeed
 from .redis_index import INDEX_KEY_COUNT, INDEX_SCRIPT, RedisIndex, index_arguments
@@ -94,6 +95,7 @@ class RedisClusterEngine(RedisEngine):
         self._options = connection_options(self.url, verify_tls)
         self.cluster = RedisCluster.from_url(self.url, max_connections=pool_size, **self._options)
         self._commands = asyncio.Semaphore(pool_size)
+        self._full = False
         self.topology = ClusterTopology(self.cluster, self._commands)
         self._publish = self.cluster.register_script(CLUSTER_PUBLISH_SCRIPT)
         self._read = self.cluster.register_script(READ_SCRIPT)
@@ -126,9 +128,16 @@ class RedisClusterEngine(RedisEngine):
         """Every master must answer: a session on a silent one could neither publish nor be read."""
         async with self._commands:
             try:
-                await self.cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+                by_node: dict[str, dict[str, Any]] = await self.cluster.info(
+                    "memory", target_nodes=RedisCluster.PRIMARIES
+                )
             except UNAVAILABLE as error:
                 raise EngineUnavailable(str(error)) from error
+        for memory in by_node.values():
+            raise_if_full(memory)
+
+    async def verify(self) -> None:
+        return None  # a cluster is what the URL says
 
     async def stats(self) -> dict[str, Any]:
         async with self._commands:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,14 +32,13 @@ from redis.retry import Retry
 
 from .base import Feed, MessageHandler, ResyncHandler
 from .cluster_url import node_url
-from .redis_feed import next_message, stop_reader
+from .redis_feed import backoff, next_message, stop_reader
 
 if TYPE_CHECKING:
     from .redis import RedisKeys
 
 log = logging.getLogger("sse_progress.feed")
 
-MAX_BACKOFF_SECONDS = 5.0
 TOPOLOGY_ERRORS = (RedisError, RedisClusterException, OSError)
 
 Address = tuple[str, int]
@@ -57,10 +55,6 @@ class Topology(Protocol):
 
 class ShardMoved(Exception):
     """Redis unsubscribed a followed channel on its own: the channel's slot now lives on another master."""
-
-
-def _backoff(failures: int) -> float:
-    return min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures) * (0.5 + random.random() / 2)
 
 
 class RedisClusterFeed(Feed):
@@ -95,9 +89,16 @@ class RedisClusterFeed(Feed):
                 # The hub gives up after its own timeout; until then, wait for the cluster to answer.
                 failures += 1
                 log.warning("no owner known for session %s (%s); retrying", session_id, error)
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
         shard = self._home[session_id] = self._shard(address)
         await shard.subscribe(session_id)
+
+    @property
+    def problem(self) -> str | None:
+        for shard in self._shards.values():
+            if shard.problem is not None:
+                return shard.problem
+        return None
 
     async def remove(self, session_id: str) -> None:
         shard = self._home.pop(session_id, None)
@@ -169,6 +170,7 @@ class ShardSubscription:
         self.address = address
         self.sessions: set[str] = set()
         self.connected = False
+        self.problem: str | None = f"connecting to redis shard {address[0]}:{address[1]} pub/sub"
         self._feed = feed
         self._client = client
         self._keys = keys
@@ -250,20 +252,28 @@ class ShardSubscription:
                     await pubsub.ssubscribe(self._keys.channel(session_id))
                 first = False
                 failures = 0
+                self.problem = None
                 self._resync_acknowledged(None)
                 await self._read(pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, ShardMoved) as error:
+            except Exception as error:
                 self.connected = False
                 self._pubsub = None
                 failures += 1
-                log.warning("redis shard %s:%s pub/sub interrupted (%s)", *self.address, error)
+                where = "redis shard {}:{} pub/sub".format(*self.address)
+                if isinstance(error, (RedisError, OSError, ShardMoved)):
+                    self.problem = f"{where} interrupted ({error}); reconnecting"
+                    log.warning("%s interrupted (%s)", where, error)
+                else:
+                    # Whatever ended the reader, live delivery must not end with it: start again and resync.
+                    self.problem = f"{where} reader failed ({error!r}); restarting"
+                    log.error("%s reader failed; restarting it and resyncing open streams", where, exc_info=error)
                 await self._feed.relocate(self)
                 if self._feed.retire_if_idle(self):
                     await self._client.aclose()
                     return
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
             finally:
                 self.connected = False
                 self._pubsub = None

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sse_progress.feed")
 
 IDLE_PING_SECONDS = 10.0
-MAX_BACKOFF_SECONDS = 5.0
+# Short: reconnecting costs one connection attempt per process, and every watcher waits for it.
+MAX_BACKOFF_SECONDS = 2.0
 
 
 class RedisFeed(Feed):
@@ -50,23 +51,37 @@ class RedisFeed(Feed):
         self._waiters: dict[str, deque[list[asyncio.Future[None]]]] = {}
         self._pubsub: PubSub | None = None
         self.connected = False
+        self._problem: str | None = "connecting to redis pub/sub"
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sse-progress-feed")
+
+    @property
+    def problem(self) -> str | None:
+        return self._problem
 
     async def add(self, session_id: str) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wanted.add(session_id)
         groups = self._waiters.setdefault(session_id, deque())
         pubsub = self._pubsub
-        if pubsub is not None and self.connected:
+        sends = pubsub is not None and self.connected
+        if sends or not groups:
             groups.append([future])
-            # On failure the reader reconnects and subscribes every wanted session.
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.subscribe(self._keys.channel(session_id))
-        elif groups:
-            groups[-1].append(future)
         else:
-            groups.append([future])
-        await future
+            groups[-1].append(future)  # one SUBSCRIBE on reconnect serves every waiter of the session
+        group = groups[-1]
+        try:
+            if sends:
+                assert pubsub is not None
+                # On failure the reader reconnects and subscribes every wanted session.
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.subscribe(self._keys.channel(session_id))
+            await future
+        finally:
+            # A caller that gave up (its timeout) leaves no waiter behind. The group stays, even empty: it
+            # stands for a SUBSCRIBE whose acknowledgement is still to come.
+            if not future.done() or future.cancelled():
+                with contextlib.suppress(ValueError):
+                    group.remove(future)
 
     async def remove(self, session_id: str) -> None:
         self._wanted.discard(session_id)
@@ -86,16 +101,12 @@ class RedisFeed(Feed):
             try:
                 await pubsub.subscribe(self._keys.control_channel)
                 self._pubsub = pubsub
-                # Every pending waiter is now served by this connection's single SUBSCRIBE per session.
-                for groups in self._waiters.values():
-                    merged = [future for group in groups for future in group]
-                    groups.clear()
-                    if merged:
-                        groups.append(merged)
+                self._take_over_waiters()
                 wanted = [self._keys.channel(s) for s in self._wanted]
+                self.connected = True  # from here on, a session added sends its own SUBSCRIBE
                 if wanted:
                     await pubsub.subscribe(*wanted)
-                self.connected = True
+                self._problem = None
                 if not first:
                     log.warning("redis pub/sub reconnected; resyncing open streams")
                     self._on_resync()
@@ -105,16 +116,37 @@ class RedisFeed(Feed):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
-                self.connected = False
                 failures += 1
-                delay = min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures) * (0.5 + random.random() / 2)
+                delay = backoff(failures)
+                self._problem = f"redis pub/sub connection lost ({error}); reconnecting"
                 log.warning("redis pub/sub connection lost (%s); retrying in %.2fs", error, delay)
                 await asyncio.sleep(delay)
+            except Exception as error:
+                # Whatever ended the reader, live delivery must not end with it: start again and resync.
+                failures += 1
+                self._problem = f"redis pub/sub reader failed ({error!r}); restarting"
+                log.error("redis pub/sub reader failed; restarting it and resyncing open streams", exc_info=error)
+                await asyncio.sleep(backoff(failures))
             finally:
                 self.connected = False
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
+
+    def _take_over_waiters(self) -> None:
+        """On a new connection, one SUBSCRIBE per wanted session serves all its waiters: one group each.
+
+        Waiters of sessions no longer wanted get no SUBSCRIBE, so no acknowledgement: they are dropped, or the
+        next acknowledgement of their session would complete them instead of the subscription it answers.
+        """
+        waiters, self._waiters = self._waiters, {}
+        for session_id, groups in waiters.items():
+            merged = [future for group in groups for future in group]
+            if session_id in self._wanted:
+                self._waiters[session_id] = deque([merged])
+            else:
+                for future in merged:
+                    future.cancel()
 
     async def _read(self, pubsub: PubSub) -> None:
         while True:
@@ -137,6 +169,11 @@ class RedisFeed(Feed):
                 future.set_result(None)
         if not groups and session_id is not None:
             del self._waiters[session_id]
+
+
+def backoff(failures: int) -> float:
+    """Seconds before reconnection attempt ``failures``: exponential, capped, jittered."""
+    return min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures) * (0.5 + random.random() / 2)
 
 
 async def stop_reader(

@@ -35,7 +35,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """
-    Readiness: the event store answers.
+    Readiness: the event store answers and accepts writes, and the live feed delivers.
     ---
     summary: Readiness
     responses:
@@ -52,7 +52,7 @@ async def readyz(request: Request) -> Response:
                 engine:
                   type: string
       "503":
-        description: the event store does not answer
+        description: the event store does not answer, is full, or the live feed is not delivering
         content:
           application/json:
             schema:
@@ -71,6 +71,11 @@ async def readyz(request: Request) -> Response:
         await service.engine.ping()
     except EngineUnavailable as error:
         return JSONResponse({"status": "unavailable", "engine": service.engine.name, "error": str(error)}, 503)
+    # The store may answer while live delivery is down: streams would get heartbeats only.
+    problem = service.hub.feed.problem
+    if problem is not None:
+        error_text = f"live feed not delivering: {problem}"
+        return JSONResponse({"status": "unavailable", "engine": service.engine.name, "error": error_text}, 503)
     return JSONResponse({"status": "ready", "engine": service.engine.name})
 
 

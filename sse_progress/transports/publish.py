@@ -194,6 +194,16 @@ async def publish(request: Request) -> Response:
               $ref: "#/components/schemas/Error"
       "503":
         $ref: "#/components/responses/Unavailable"
+      "507":
+        description: the event store is full (Redis at maxmemory with noeviction); it stores nothing until freed
+        headers:
+          Retry-After:
+            schema:
+              type: string
+        content:
+          application/json:
+            schema:
+              $ref: "#/components/schemas/Error"
     """
     service = Service.of(request)
     session_id = service.session_id(request)

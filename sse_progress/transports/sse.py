@@ -23,11 +23,18 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..auth import Role
 from ..engines import EngineUnavailable
-from ..errors import ApiError, store_unavailable
-from ..frames import HEARTBEAT, retry_line, shutdown_retry_line
+from ..errors import ApiError, AtConnectionLimit
+from ..frames import (
+    CONNECTION_LIMIT_RETRY_MS,
+    HEARTBEAT,
+    STORE_UNAVAILABLE_RETRY_MS,
+    retry_line,
+    shutdown_retry_line,
+    try_again_body,
+)
 from ..hub import Listener
 from ..metrics import METRICS
-from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer, plan_replay
+from ..replay import AlreadyFinished, ServerClosing, SessionExpired, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
 from .connection import OpenConnection
 
@@ -38,6 +45,12 @@ EVENT_STREAM_RAW_HEADERS = [
 ]
 EVENTS_PATH = re.compile(r"/sessions/([^/]+)/events")
 STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
+
+
+def _try_again(problem: str, reason: str, window_ms: tuple[int, int]) -> Response:
+    """200 and an empty stream with a ``retry:``: a 503 would make a browser's EventSource stop for good."""
+    METRICS.streams_deferred.labels(reason).inc()
+    return Response(try_again_body(problem, window_ms), media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
 def resume_id(request: Request) -> str | None:
@@ -54,10 +67,12 @@ async def serve_events(scope: Scope, receive: Receive, send: Send) -> None:
 async def _respond(request: Request) -> Response:
     try:
         response = await events(request)
+    except AtConnectionLimit:
+        response = _try_again("server at its connection limit", "connection_limit", CONNECTION_LIMIT_RETRY_MS)
     except ApiError as error:
         response = error.response()
     except EngineUnavailable:
-        response = store_unavailable()
+        response = _try_again("event store unavailable", "store_unavailable", STORE_UNAVAILABLE_RETRY_MS)
     origin = request.headers.get("origin")
     allowed = Service.of(request).settings.cors_origins
     if origin is not None and (origin in allowed or "*" in allowed):
@@ -88,7 +103,7 @@ async def events(request: Request) -> Response:
     resume = resume_id(request)
     try:
         stream = await SessionStream.open(service.hub, session_id, resume, "sse")
-    except AlreadyFinished:
+    except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service, resume)
@@ -150,6 +165,8 @@ async def _deliver(stream: SessionStream, send: Send, connection: OpenConnection
         return "too slow"
     except EngineUnavailable:
         return "event store unavailable"  # the client reconnects and resumes once it is back
+    except SessionExpired:
+        return "session expired"  # the client reconnects with its last id and gets 204
     except ServerClosing:
         await _write(send, listener, shutdown_retry_line())
         return "shutdown"
@@ -211,6 +228,8 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
         reason = "too slow"
     except EngineUnavailable:
         reason = "event store unavailable"
+    except SessionExpired:
+        reason = "session expired"
     except ServerClosing:
         reason = "shutdown"
         yield shutdown_retry_line()
@@ -222,7 +241,7 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
         replay = await plan_replay(service.engine.read, session_id, resume)
-    except AlreadyFinished:
+    except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
     body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
     if not replay.frames and resume is None:

@@ -16,7 +16,7 @@ from ..errors import ApiError
 from ..events import format_event_id, now_iso
 from ..frames import Frame
 from ..metrics import METRICS
-from ..replay import AlreadyFinished, ServerClosing, SessionStream, SlowConsumer
+from ..replay import AlreadyFinished, ServerClosing, SessionExpired, SessionStream, SlowConsumer
 from ..service import Service
 from .connection import OpenConnection
 
@@ -61,6 +61,9 @@ async def session_socket(websocket: WebSocket, render: FrameText = frame_text) -
         stream = await SessionStream.open(service.hub, session_id, resume, "ws")
     except AlreadyFinished:
         await _close(websocket, CLOSE_NORMAL, "session already finished")
+        return
+    except SessionExpired:
+        await _close(websocket, CLOSE_NORMAL, "session expired: nothing is stored any more")
         return
     except EngineUnavailable:
         await _close(websocket, CLOSE_TRY_AGAIN, "event store unavailable")
@@ -145,6 +148,8 @@ class SocketStream:
             return CLOSE_SERVICE_RESTART, "shutdown"
         except EngineUnavailable:
             return CLOSE_TRY_AGAIN, "event store unavailable"
+        except SessionExpired:
+            return CLOSE_NORMAL, "session expired: nothing is stored any more"
         except DISCONNECTED:
             return None, "client left"
         if listener.gone:
