@@ -125,8 +125,10 @@ port_argument = int_argument(0, 65535)
 # -------------------------------------------------------------------------------------------------- helpers
 
 
-def _default_port() -> int:
-    return int(os.environ.get("PORT") or 8000)
+def _default_port() -> str:
+    # A string: argparse checks a string default with the option's type, so a bad $PORT is a usage error (64)
+    # naming --port, not a traceback while the parser is built.
+    return os.environ.get("PORT") or "8000"
 
 
 def _fail(code: int, message: str) -> int:

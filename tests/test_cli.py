@@ -190,6 +190,19 @@ def test_a_malformed_value_is_a_usage_error_exit_64(args: tuple[str, ...], compl
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_malformed_port_in_the_environment_is_a_usage_error_not_a_traceback(command: str) -> None:
+    result = run_cli(command, env={"SSE_PROGRESS_SECRET": "k1", "PORT": "web"})
+    assert result.returncode == 64, result
+    assert "--port" in result.stderr and "'web'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_other_commands_do_not_care_about_a_malformed_port() -> None:
+    result = run_cli("token", "abc", env={"SSE_PROGRESS_SECRET": "k1", "PORT": "web"})
+    assert result.returncode == 0, result
+
+
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()
     (commands,) = (action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
