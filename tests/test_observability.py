@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -559,3 +560,37 @@ async def test_json_log_keeps_one_record_per_line_whatever_the_request_carries(
     wait_until(lambda: opened_stream_lines(json_log_server, session_id), 10, "the opened line")
     [opened] = opened_stream_lines(json_log_server, session_id)  # every line parsed as JSON on its own
     assert opened["resume"] == resume
+
+
+@pytest.mark.parametrize("where", ["path", "resume id"])
+async def test_a_huge_request_value_does_not_hold_up_the_process_while_it_is_logged(
+    text_log_server: CliServer, session_id: str, where: str
+) -> None:
+    """Logging a 60 KB path, or a 70,000-digit resume id, once held the event loop for 24 s and 64 s: every
+    other client waited. Each is logged in milliseconds now; the process answers /healthz meanwhile."""
+    publisher = Publisher(text_log_server.url, text_log_server.token(session_id, "publish"), session_id)
+    await publisher.step(1)
+    await publisher.aclose()
+    if where == "path":
+        huge_value = "A" * 60_000
+        request = f"GET /nope/{huge_value} HTTP/1.1\r\nHost: x\r\n\r\n"
+    else:
+        huge_value = "9" * 70_000
+        token = text_log_server.token(session_id)
+        request = (
+            f"GET /sessions/{session_id}/events?token={token} HTTP/1.1\r\n"
+            f"Host: x\r\nLast-Event-ID: {huge_value}\r\n\r\n"
+        )
+    host, port = text_log_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(request.encode())
+        slowest = 0.0
+        async with httpx.AsyncClient(base_url=text_log_server.url, timeout=60) as http:
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                assert (await http.get("/healthz")).status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+                await asyncio.sleep(0.1)
+        wait_until(lambda: huge_value[:1000] in text_log_server.log_text(), 60, "the huge value in the log")
+    assert slowest < 2.0, f"/healthz waited {slowest:.1f}s while the request was logged"
