@@ -13,7 +13,12 @@ from .metrics import METRICS
 
 log = logging.getLogger("sse_progress.foreign")
 
-Where = Literal["channel", "snapshot"]
+Where = Literal["channel", "snapshot", "history"]
+PLACES: dict[Where, str] = {
+    "channel": "a message on the channel",
+    "snapshot": "the snapshot key",
+    "history": "a history entry",
+}
 
 # Sessions already logged, per place; cleared when full so that the memory it takes stays bounded.
 MAX_REMEMBERED = 10_000
@@ -32,7 +37,9 @@ class ForeignData:
         if len(self._logged) >= MAX_REMEMBERED:
             self._logged.clear()
         self._logged.add(key)
-        what = "a message on the channel" if where == "channel" else "the snapshot key"
+        what = {"channel": "a message on the channel", "snapshot": "the snapshot key", "history": "a history entry"}[
+            where
+        ]
         log.warning(
             "session %s: skipped %s, which is not an event this service wrote: %s. Publish through the server "
             "or a ProgressTracker; further ones on this session are counted in sse_progress_foreign_messages_total",

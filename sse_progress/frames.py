@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .events import TERMINAL_STATUSES, EventId, decode, parse_event_id
+from .events import STATUSES, TERMINAL_STATUSES, EventId, decode, parse_event_id
 
 FrameKind = Literal["progress_update", "snapshot", "reset"]
 
@@ -20,8 +20,12 @@ class ForeignEnvelope(ValueError):
     """Bytes on a session's key or channel that are not an envelope this service wrote; says why."""
 
 
-def parse_envelope(envelope_json: bytes) -> tuple[dict[str, Any], str, EventId]:
-    """The decoded envelope, its id as written and as a pair. The one test of "is this our envelope"."""
+def parse_envelope(envelope_json: bytes, session_id: str) -> tuple[dict[str, Any], str, EventId]:
+    """The decoded envelope of ``session_id``, its id as written and as a pair. The one test of "is this our
+    envelope": what the engine stores (see ``EventDraft.encode``), for this session, with a valid id.
+
+    Anything less — a bare ``{"id": …}``, another session's event, a step that is not a number — would reach
+    clients as an event they cannot show, or end their stream with a forged status."""
     try:
         envelope = decode(envelope_json)
     except ValueError as error:  # orjson's decode error is a ValueError too
@@ -32,6 +36,16 @@ def parse_envelope(envelope_json: bytes) -> tuple[dict[str, Any], str, EventId]:
     event_id = parse_event_id(id_text)
     if event_id is None:
         raise ForeignEnvelope(f"invalid event id {id_text[:40]!r}")
+    if envelope.get("type") != "progress_update":
+        raise ForeignEnvelope("not a progress_update envelope ('type')")
+    if envelope.get("session_id") != session_id:
+        raise ForeignEnvelope("an envelope of another session ('session_id')")
+    if envelope.get("status") not in STATUSES:
+        raise ForeignEnvelope("no valid 'status'")
+    for field in ("etapa_atual", "total_etapas"):
+        value = envelope.get(field)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ForeignEnvelope(f"'{field}' is not an integer")
     return envelope, id_text, event_id
 
 
@@ -50,11 +64,11 @@ class Frame:
         self._text: str | None = None
 
     @classmethod
-    def from_envelope(cls, envelope_json: bytes, kind: FrameKind = "progress_update") -> Frame:
+    def from_envelope(cls, envelope_json: bytes, session_id: str, kind: FrameKind = "progress_update") -> Frame:
         """A frame of a stored envelope (with ``id``); snapshot and reset frames carry their kind as ``type``.
 
-        Raises ``ForeignEnvelope`` for anything this service did not write."""
-        envelope, id_text, event_id = parse_envelope(envelope_json)
+        Raises ``ForeignEnvelope`` for anything this service did not write for ``session_id``."""
+        envelope, id_text, event_id = parse_envelope(envelope_json, session_id)
         if kind != "progress_update":
             envelope["type"] = kind
             envelope_json = orjson.dumps(envelope)

@@ -254,7 +254,7 @@ class Hub:
         if not listeners:
             return
         try:
-            frame = Frame.from_envelope(envelope)
+            frame = Frame.from_envelope(envelope, session_id)
         except ForeignEnvelope as error:
             FOREIGN.skipped("channel", session_id, str(error))
             return

@@ -62,7 +62,7 @@ class Metrics:
         )
 
         # Shown at 0 from the start, so that a dashboard or an alert can name them before the first one.
-        for where in ("channel", "snapshot"):
+        for where in ("channel", "snapshot", "history"):
             self.foreign_messages.labels(where)
         for reason in ("store_unavailable", "connection_limit"):
             self.streams_deferred.labels(reason)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from .engines import Engine, EngineUnavailable, SessionView
 from .events import ZERO_ID, EventId, format_event_id, parse_event_id
-from .frames import Frame
+from .foreign import FOREIGN
+from .frames import ForeignEnvelope, Frame
 from .hub import Hub, Listener
 from .metrics import METRICS
 
@@ -82,11 +83,12 @@ async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Repl
     ``read`` is ``Engine.read``, or ``Hub.read_session`` to share the read with identical requests."""
     after = resume_point(resume)
     view = await read(session_id, after if isinstance(after, tuple) else None)
-    return plan(view, after)
+    return plan(view, session_id, after)
 
 
-def plan(view: SessionView, after: EventId | str | None) -> Replay:
-    """What a client resuming after ``after`` (see ``resume_point``) gets, given what the engine holds."""
+def plan(view: SessionView, session_id: str, after: EventId | str | None) -> Replay:
+    """What a client of ``session_id`` resuming after ``after`` (see ``resume_point``) gets, given what the engine
+    holds."""
     if view.snapshot is None:
         if view.expired:
             raise SessionExpired
@@ -95,24 +97,35 @@ def plan(view: SessionView, after: EventId | str | None) -> Replay:
         lost = after is not None and after != ZERO_ID
         return Replay(last_id=after if lost and isinstance(after, tuple) else None, reset_next=lost)
     if after is None:
-        snapshot = Frame.from_envelope(view.snapshot, "snapshot")
+        snapshot = Frame.from_envelope(view.snapshot, session_id, "snapshot")
         return Replay([snapshot], snapshot.id)
     if after == "invalid":
-        return _reset(view.snapshot)
+        return _reset(view.snapshot, session_id)
     assert isinstance(after, tuple)
-    latest = Frame.from_envelope(view.snapshot)
+    latest = Frame.from_envelope(view.snapshot, session_id)
     if latest.terminal and after >= latest.id:
         raise AlreadyFinished(latest)
     # The stored history does not reach back to the resume id (trimmed, expired, or a fresh stream after Redis
     # lost its data), or the id is newer than anything stored (a future id, or the store went back in time).
     if after > latest.id or (view.gap and (after != ZERO_ID or not view.events)):
-        return _reset(view.snapshot)
-    frames = [Frame.from_envelope(envelope) for envelope in view.events]
+        return _reset(view.snapshot, session_id)
+    frames = _history_frames(view.events, session_id)
     return Replay(frames, frames[-1].id if frames else after)
 
 
-def _reset(envelope: bytes) -> Replay:
-    reset = Frame.from_envelope(envelope, "reset")
+def _history_frames(envelopes: list[bytes], session_id: str) -> list[Frame]:
+    """The stored events as frames; an entry this service did not write (added to the stream by hand) is skipped."""
+    frames = []
+    for envelope in envelopes:
+        try:
+            frames.append(Frame.from_envelope(envelope, session_id))
+        except ForeignEnvelope as error:
+            FOREIGN.skipped("history", session_id, str(error))
+    return frames
+
+
+def _reset(envelope: bytes, session_id: str) -> Replay:
+    reset = Frame.from_envelope(envelope, session_id, "reset")
     return Replay([reset], reset.id)
 
 
@@ -189,7 +202,7 @@ class SessionStream:
             replay = await self._reread()
         except AlreadyFinished as finished:
             # The store went back to before a terminal event this client never got.
-            replay = _reset(finished.terminal.data)
+            replay = _reset(finished.terminal.data, self.listener.session_id)
         METRICS.events_replayed.inc(len(replay.frames))
         self.reset_next = self.reset_next or replay.reset_next
         return replay.frames
@@ -215,7 +228,11 @@ class SessionStream:
     def _as_reset(self, batch: list[Frame]) -> list[Frame]:
         """The client's history is gone: the first frame it gets replaces its state, whatever its id."""
         self.reset_next = False
-        first = batch[0] if batch[0].kind == "reset" else Frame.from_envelope(batch[0].data, "reset")
+        first = (
+            batch[0]
+            if batch[0].kind == "reset"
+            else Frame.from_envelope(batch[0].data, self.listener.session_id, "reset")
+        )
         return [first, *[frame for frame in batch[1:] if frame.id > first.id]]
 
     def _advance(self, batch: list[Frame]) -> None:

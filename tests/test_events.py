@@ -108,7 +108,7 @@ def _parse_sse(stream: bytes) -> list[dict[str, str]]:
 def test_no_message_content_can_add_or_alter_sse_fields(mensagem: str, extra: dict[str, str]) -> None:
     draft = EventDraft("s1", 1, 15, mensagem=mensagem, dados_extra=extra)
     envelope = with_id(finish_envelope(draft.encode(), None), "5-0")
-    frame = Frame.from_envelope(envelope)
+    frame = Frame.from_envelope(envelope, "s1")
     events = _parse_sse(frame.sse)
     assert len(events) == 1
     assert set(events[0]) == {"id", "event", "data"}
@@ -118,6 +118,6 @@ def test_no_message_content_can_add_or_alter_sse_fields(mensagem: str, extra: di
 
 def test_a_frame_is_encoded_once_and_shared() -> None:
     draft = EventDraft("s1", 1, 15)
-    frame = Frame.from_envelope(with_id(finish_envelope(draft.encode(), None), "5-0"))
+    frame = Frame.from_envelope(with_id(finish_envelope(draft.encode(), None), "5-0"), "s1")
     assert frame.sse is frame.sse
     assert frame.text is frame.text

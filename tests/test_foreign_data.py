@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -17,13 +18,25 @@ from .clients import Publisher, collect_until_end, follow
 from .conftest import LiveServer
 from .test_reliability import metric
 
+# Ids an hour ahead: were such a message taken for an event, it would be newer than anything the job publishes.
+FUTURE_ID = f"{int(time.time() * 1000) + 3_600_000}-0"
 FOREIGN_MESSAGES = [
     b'{"type":"progress_update","etapa_atual":3}',  # the older system's JSON: no id
     b"not json at all",
     b"[1, 2, 3]",
     b'{"id": 12}',
     b'{"id": "yesterday"}',
-]
+    # A valid id is not enough: an envelope of this session, with its fields, is.
+    json.dumps({"id": FUTURE_ID}).encode(),
+    json.dumps(
+        {"id": FUTURE_ID, "type": "progress_update", "session_id": "someone-else", "etapa_atual": 15,
+         "total_etapas": 15, "status": "success"}
+    ).encode(),
+    json.dumps(
+        {"id": FUTURE_ID, "type": "progress_update", "session_id": "{session_id}", "etapa_atual": "x",
+         "total_etapas": 15, "status": "success"}
+    ).encode(),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])
@@ -42,6 +55,7 @@ async def test_a_foreign_message_on_the_channel_is_skipped_and_live_delivery_goe
             follow(transport, live.url, other_session, live.token(other_session), "0") as other,
         ):
             for message in FOREIGN_MESSAGES:
+                message = message.replace(b"{session_id}", session_id.encode())
                 assert store.publish(f"rpa:session:{{{session_id}}}", message) == 1
             published = [(await publisher.step(1))["id"], (await publisher.step(15, "success"))["id"]]
             other_published = (await other_publisher.step(15, "success"))["id"]
@@ -59,9 +73,16 @@ async def test_a_foreign_message_on_the_channel_is_skipped_and_live_delivery_goe
         live.stop()
 
 
-async def test_a_foreign_snapshot_key_is_no_history_not_a_500(server: LiveServer, session_id: str) -> None:
+@pytest.mark.parametrize(
+    "value",
+    [{"type": "progress_update", "etapa_atual": 3}, {"id": "1-0"}, {"id": "1-0", "session_id": "other"}],
+    ids=["no id", "only an id", "another session"],
+)
+async def test_a_foreign_snapshot_key_is_no_history_not_a_500(
+    server: LiveServer, session_id: str, value: dict[str, object]
+) -> None:
     store = redis.Redis.from_url(server.redis_url or "")
-    store.set(f"rpa:progress:{{{session_id}}}", json.dumps({"type": "progress_update", "etapa_atual": 3}))
+    store.set(f"rpa:progress:{{{session_id}}}", json.dumps(value))
     params = {"token": server.token(session_id)}
     url = f"{server.url}/sessions/{session_id}"
     try:

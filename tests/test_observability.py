@@ -193,7 +193,7 @@ async def test_metrics_carry_no_session_id_or_token(quiet_server: LiveServer) ->
     assert {value for name, value in labels if name == "transport"} <= {"sse", "ws", "poll"}
     assert {value for name, value in labels if name == "status"} <= {"success", "error", "cancelled"}
     assert {value for name, value in labels if name == "step"} <= {*map(str, range(1, 51)), "other"}
-    assert {value for name, value in labels if name == "where"} <= {"channel", "snapshot"}
+    assert {value for name, value in labels if name == "where"} <= {"channel", "snapshot", "history"}
     assert {value for name, value in labels if name == "reason"} <= {"store_unavailable", "connection_limit"}
 
 

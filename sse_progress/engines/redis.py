@@ -305,7 +305,7 @@ def raise_if_full(memory: Mapping[str, Any]) -> None:
 def _written_by_us(session_id: str, snapshot: bytes) -> bool:
     """A snapshot key holding anything else (another system's JSON) is as good as absent: no usable history."""
     try:
-        parse_envelope(snapshot)
+        parse_envelope(snapshot, session_id)
     except ForeignEnvelope as error:
         FOREIGN.skipped("snapshot", session_id, str(error))
         return False

@@ -66,7 +66,7 @@ async def snapshot(request: Request) -> Response:
     view = await service.engine.read(session_id, None)
     if view.snapshot is None:
         raise ApiError(404, NOT_FOUND)
-    etag = f'"{Frame.from_envelope(view.snapshot).id_text}"'
+    etag = f'"{Frame.from_envelope(view.snapshot, session_id).id_text}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):
         return Response(status_code=304, headers=headers)
