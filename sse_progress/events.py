@@ -17,6 +17,8 @@ import orjson
 STATUSES = ("pending", "running", "success", "error", "cancelled")
 TERMINAL_STATUSES = frozenset({"success", "error", "cancelled"})
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# RFC 3339: a date, T (or a space), a time with optional seconds and fraction, and Z or an offset in minutes.
+ISO_TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})")
 EVENT_ID_PATTERN = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
 # Both parts of a Redis stream id are unsigned 64-bit integers. The largest id is never an event's (ids come from
 # the clock) and Redis cannot read "after" it, so it is not accepted either.
@@ -214,7 +216,9 @@ def _nesting_depth(value: object) -> int:
 
 
 def _is_aware_iso_timestamp(timestamp: object) -> bool:
-    if not isinstance(timestamp, str):
+    # The shape first: fromisoformat alone takes any character between the time and the offset, a trailing NUL,
+    # offsets with seconds and week dates, and the event would carry them to every reader verbatim.
+    if not isinstance(timestamp, str) or not ISO_TIMESTAMP_PATTERN.fullmatch(timestamp):
         return False
     try:
         moment = datetime.fromisoformat(timestamp)

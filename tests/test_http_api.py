@@ -87,6 +87,11 @@ async def test_history_lists_events_after_an_id(server: LiveServer, client: http
         (b'{"etapa_atual": 3, "total_etapas": 15, "dados_extra": "x"}', 422, "dados_extra"),
         (b'{"etapa_atual": 3, "total_etapas": 15, "etapa": 3}', 422, "etapa"),
         (b'{"etapa_atual": 3, "total_etapas": 15, "timestamp": "tuesday"}', 422, "timestamp"),
+        # fromisoformat alone takes these, and the event would carry them verbatim to every reader
+        (b'{"etapa_atual": 3, "total_etapas": 15, "timestamp": "2026-01-01T00:00:00x+00:00"}', 422, "timestamp"),
+        (b'{"etapa_atual": 3, "total_etapas": 15, "timestamp": "2026-01-01T00:00:00+00:00\\u0000"}', 422, "timestamp"),
+        (b'{"etapa_atual": 3, "total_etapas": 15, "timestamp": "2026-01-01T00:00:00+00:00:30"}', 422, "timestamp"),
+        (b'{"etapa_atual": 3, "total_etapas": 15, "timestamp": "2026-W01-1T00:00:00Z"}', 422, "timestamp"),
         # Not JSON: the error says what and where.
         (
             b'{"etapa_atual": 3, "total_etapas": 15, "mensagem": "\\ud800"}',
