@@ -594,3 +594,20 @@ async def test_a_huge_request_value_does_not_hold_up_the_process_while_it_is_log
                 await asyncio.sleep(0.1)
         wait_until(lambda: huge_value[:1000] in text_log_server.log_text(), 60, "the huge value in the log")
     assert slowest < 2.0, f"/healthz waited {slowest:.1f}s while the request was logged"
+
+
+async def test_a_publisher_that_leaves_mid_body_logs_no_traceback(text_log_server: CliServer, session_id: str) -> None:
+    token = text_log_server.token(session_id, "publish")
+    host, port = text_log_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(
+            f"POST /sessions/{session_id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"etapa_at'.encode()
+        )
+        time.sleep(0.3)
+    # The next request's access line proves the first one was handled before the log is read.
+    async with httpx.AsyncClient(base_url=text_log_server.url, timeout=10) as http:
+        assert (await http.get("/healthz", params={"after": session_id})).status_code == 200
+    wait_until(lambda: f"/healthz?after={session_id}" in text_log_server.log_text(), 10, "the next request's line")
+    log = text_log_server.log_text()
+    assert "Exception in ASGI application" not in log and "ClientDisconnect" not in log

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from ..auth import Role
@@ -27,11 +27,15 @@ async def read_limited_body(request: Request, limit: int = MAX_BODY_BYTES) -> by
         raise ApiError(413, f"body too large: at most {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body too large: at most {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"body too large: at most {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to read the answer; an error answer (not sent) keeps a traceback out of the log.
+        raise ApiError(400, "the client left before sending the whole body") from None
     return b"".join(chunks)
 
 
