@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 
-from .auth import Claims, Role, TokenAuthority, token_from
+from .auth import COOKIE_NAME, Claims, Role, TokenAuthority, token_from
 from .config import Settings
 from .engines import Engine
 from .errors import ApiError, AtConnectionLimit
@@ -52,4 +53,23 @@ class Service:
             )
 
     def authorize(self, connection: HTTPConnection, session_id: str, role: Role) -> Claims | None:
-        return self.tokens.check(token_from(connection), session_id, role)
+        token = token_from(connection)
+        if token is not None and self._cookie_sent_by_another_site(connection, token):
+            raise ApiError(
+                403,
+                f"a WebSocket from a page of {connection.headers['origin']} cannot use this site's cookie: add that "
+                "origin to SSE_PROGRESS_CORS_ORIGINS, or send the token as ?token=",
+            )
+        return self.tokens.check(token, session_id, role)
+
+    def _cookie_sent_by_another_site(self, connection: HTTPConnection, token: str) -> bool:
+        """A browser attaches cookies to a WebSocket whatever page opens it, and WebSockets have no CORS: without
+        this check any site its user visits could read the streams its cookie opens."""
+        if connection.scope["type"] != "websocket" or connection.cookies.get(COOKIE_NAME) != token:
+            return False
+        if connection.query_params.get("token") or connection.headers.get("authorization"):
+            return False  # the cookie was not what authenticated it
+        origin = connection.headers.get("origin")
+        if origin is None or origin in self.settings.cors_origins:
+            return False  # not a browser, or a page allowed to read streams with credentials
+        return urlsplit(origin).netloc != connection.headers.get("host")

@@ -113,3 +113,28 @@ async def test_a_wildcard_cors_origin_lets_any_site_read_streams_with_a_token(re
         live.stop()
     for response in (stream, snapshot):
         assert response.headers["access-control-allow-origin"] == "https://anywhere.example"
+
+
+async def test_a_websocket_opened_by_another_site_cannot_use_the_cookie(redis_url: str, session_id: str) -> None:
+    """Browsers attach cookies to a WebSocket whatever page opens it, and WebSockets know no CORS: a page of
+    another site must not read streams with this site's cookie. Its own pages and configured origins may."""
+    live = LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "https://app.example"})
+    live.start()
+    try:
+        url = live.url.replace("http://", "ws://") + f"/ws/sessions/{session_id}"
+        cookie = {"Cookie": f"sse_progress_token={live.token(session_id)}"}
+        own_site = "http://" + live.url.removeprefix("http://")
+        for origin in (own_site, "https://app.example"):
+            async with websockets.connect(url, additional_headers=cookie, origin=origin) as socket:  # type: ignore[arg-type]
+                assert json.loads(await socket.recv())["type"] == "connection_established"
+        with pytest.raises(websockets.ConnectionClosed) as refused:
+            async with websockets.connect(url, additional_headers=cookie, origin="https://evil.example") as socket:  # type: ignore[arg-type]
+                await socket.recv()
+        assert refused.value.rcvd is not None and refused.value.rcvd.code == 1008
+        assert "https://evil.example" in refused.value.rcvd.reason
+        # The same page may still send the token itself: that is not ambient authority.
+        with_token = f"{url}?token={live.token(session_id)}"
+        async with websockets.connect(with_token, origin="https://evil.example") as socket:  # type: ignore[arg-type]
+            assert json.loads(await socket.recv())["type"] == "connection_established"
+    finally:
+        live.stop()
