@@ -66,12 +66,13 @@ def percentual(etapa_atual: int, total_etapas: int, status: str) -> float:
 
 
 def eta_seconds(etapa_atual: int, total_etapas: int, status: str, elapsed: float) -> float | None:
-    """Seconds left, extrapolated from the time the steps so far have taken."""
+    """Seconds left, extrapolated from the time the steps so far have taken; None while there is nothing to
+    extrapolate from (no step done, or no time elapsed: a job's first event says nothing of its pace)."""
     if status in TERMINAL_STATUSES:
         return 0.0
-    if etapa_atual < 1:
+    if etapa_atual < 1 or elapsed <= 0:
         return None
-    return round(max(0.0, elapsed) / etapa_atual * max(0, total_etapas - etapa_atual), 1)
+    return round(elapsed / etapa_atual * max(0, total_etapas - etapa_atual), 1)
 
 
 def now_iso() -> str:

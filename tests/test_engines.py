@@ -68,6 +68,8 @@ async def test_no_event_is_accepted_after_a_terminal_one(engine: Engine, session
 
 
 async def test_eta_is_extrapolated_from_the_first_event(engine: Engine, session_id: str) -> None:
+    first = await engine.publish(EventDraft(session_id, 2, 15, timestamp="2026-11-25T10:00:00+00:00"))
+    assert orjson.loads(first.envelope)["eta_seconds"] is None  # no time elapsed yet: not "0 s left"
     await engine.publish(EventDraft(session_id, 0, 15, timestamp="2026-11-25T10:00:00+00:00"))
     third = await engine.publish(EventDraft(session_id, 3, 15, timestamp="2026-11-25T10:00:12+00:00"))
     assert orjson.loads(third.envelope)["eta_seconds"] == 48.0

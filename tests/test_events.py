@@ -29,6 +29,7 @@ def test_percentual_rounds_clamps_and_is_100_on_success() -> None:
 
 def test_eta_is_null_before_the_first_step_and_zero_when_terminal() -> None:
     assert eta_seconds(0, 15, "running", 10.0) is None
+    assert eta_seconds(3, 15, "running", 0.0) is None  # a first event at step 3 says nothing of the pace
     assert eta_seconds(3, 15, "running", 12.0) == 48.0
     assert eta_seconds(3, 15, "error", 12.0) == 0.0
 

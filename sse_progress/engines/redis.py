@@ -69,8 +69,8 @@ end
 local eta = 'null'
 if terminal == '1' then
   eta = '0.0'
-elseif etapa >= 1 then
-  local elapsed = math.max(0, now_ms - started) / 1000
+elseif etapa >= 1 and now_ms > started then
+  local elapsed = (now_ms - started) / 1000
   eta = string.format('%.1f', elapsed / etapa * math.max(0, total - etapa))
 end
 
