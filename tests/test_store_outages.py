@@ -155,3 +155,33 @@ async def test_no_request_fails_right_after_redis_restarts(own_redis: RedisServe
     finally:
         await publisher.aclose()
         live.stop()
+
+
+async def test_operator_endpoints_during_an_outage_answer_503_json_and_the_watch_logs_once(
+    own_redis: RedisServer,
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    observe, admin = live.token("*", "observe"), live.token("*", "admin")
+    try:
+        own_redis.stop(kill=True)
+        await asyncio.sleep(3.5)  # a few ticks of the session index watch
+        async with httpx.AsyncClient(timeout=30) as client:
+            for path, token in (("/sessions", observe), ("/ops/figures", observe), ("/stats", admin)):
+                answer = await client.get(live.url + path, params={"token": token})
+                assert answer.status_code == 503, (path, answer.text)
+                assert answer.headers["retry-after"]
+                assert answer.json() == {"success": False, "error": "the event store is unavailable; retry shortly"}
+            # The change stream is read by an EventSource: a 200 stream with a retry:, never an error status.
+            async with client.stream("GET", live.url + "/ops/events", params={"token": observe}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                first = await anext(stream.aiter_bytes())
+                assert first.startswith(b"retry: ")
+        log = live.log.read_text()
+        assert log.count("session index unreadable") == 1, log
+        assert "Traceback" not in log, log
+        own_redis.start()
+        wait_until(lambda: "session index readable again" in live.log.read_text(), 30, "the recovery line")
+    finally:
+        live.stop()

@@ -250,7 +250,10 @@ class RedisEngine(Engine):
         self._verified = True
 
     async def stats(self) -> dict[str, Any]:
-        info = await self.client.info()
+        try:
+            info = await self.client.info()
+        except RedisError as error:
+            raise EngineUnavailable(str(error)) from error
         return {
             "connected_clients": info.get("connected_clients"),
             "used_memory": info.get("used_memory"),
