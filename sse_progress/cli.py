@@ -49,7 +49,7 @@ WATCH_EXIT_STATUSES = """exit status (the session's end, for scripts):
   2 cancelled
   3 --timeout elapsed
   4 token refused (401/403)
-  5 other failure
+  5 other failure (also: the server never answered, 3 attempts in about 3 s)
   64 usage error
   130 interrupted"""
 
