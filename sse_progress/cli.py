@@ -35,6 +35,7 @@ from .engines import MemoryEngine, SessionTerminal
 from .events import MAX_STEP, STATUSES, EventDraft, InvalidEvent, is_valid_session_id, parse_event_id
 from .exits import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_STATUSES, EXIT_UNAVAILABLE, EXIT_USAGE
 from .logs import log_config
+from .ports import cannot_listen
 from .sockets import HTTP_PROTOCOL
 from .tracker import new_session_id
 
@@ -173,10 +174,12 @@ def serve(args: argparse.Namespace) -> int:
             f"  (for example: export SSE_PROGRESS_SECRET={secrets.token_urlsafe(32)})\n"
             "  or pass --insecure to disable token checks (never in production).",
         )
-    if settings.insecure:
-        print("WARNING: --insecure: token checks are DISABLED; anyone can read and publish.", file=sys.stderr)
     if args.workers > 1 and not settings.redis_url:
         return _fail(EXIT_USAGE, "--workers > 1 needs REDIS_URL (the embedded engine lives in one process)")
+    if problem := cannot_listen(args.host, args.port):
+        return _fail(EXIT_UNAVAILABLE, problem)
+    if settings.insecure:
+        print("WARNING: --insecure: token checks are DISABLED; anyone can read and publish.", file=sys.stderr)
     logging_config = log_config(settings.log_format)
     logging.config.dictConfig(logging_config)
     log.info(
@@ -218,6 +221,8 @@ def demo(args: argparse.Namespace) -> int:
 
     if args.rpa and (missing := _rpa_missing()):
         return _fail(EXIT_UNAVAILABLE, missing)
+    if problem := cannot_listen(args.host, args.port):
+        return _fail(EXIT_UNAVAILABLE, problem)
 
     secret = secrets.token_urlsafe(32)
     settings = Settings.from_env({"SSE_PROGRESS_HEARTBEAT": "15"}).with_overrides(secrets=(secret,))

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,24 @@ def test_a_malformed_port_in_the_environment_is_a_usage_error_not_a_traceback(co
     assert result.returncode == 64, result
     assert "--port" in result.stderr and "'web'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve --port", "demo (PORT)", "bridge --metrics-port"])
+def test_a_port_in_use_exits_69_with_one_line_before_printing_anything(command: str, redis_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {"SSE_PROGRESS_SECRET": "k1", "REDIS_URL": redis_url}
+        if command == "serve --port":
+            result = run_cli("serve", "--port", str(port), env=env)
+        elif command == "demo (PORT)":
+            result = run_cli("demo", env={**env, "PORT": str(port)})
+        else:
+            result = run_cli("bridge", "--metrics-port", str(port), env=env)
+    assert result.returncode == 69, result
+    assert result.stdout == ""  # no page URLs, no "Press Ctrl-C"
+    assert result.stderr == f"sse-progress: port {port} on 127.0.0.1 is already in use\n"
 
 
 def test_other_commands_do_not_care_about_a_malformed_port() -> None:
