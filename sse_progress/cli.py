@@ -224,13 +224,15 @@ def demo(args: argparse.Namespace) -> int:
     if problem := cannot_listen(args.host, args.port):
         return _fail(EXIT_UNAVAILABLE, problem)
 
-    secret = secrets.token_urlsafe(32)
-    settings = Settings.from_env({"SSE_PROGRESS_HEARTBEAT": "15"}).with_overrides(secrets=(secret,))
+    # $SSE_PROGRESS_SECRET when set, so that tokens from `sse-progress token` (and watch's) work here too.
+    demo_secrets = _settings().secrets or (secrets.token_urlsafe(32),)
+    settings = Settings.from_env({"SSE_PROGRESS_HEARTBEAT": "15"}).with_overrides(secrets=demo_secrets)
     engine = MemoryEngine(history=settings.history, ttl=settings.ttl)
     app = create_app(settings, engine)
-    authority = TokenAuthority((secret,))
+    authority = TokenAuthority(demo_secrets)
     session_id = args.session or new_session_id()
     token = authority.issue(session_id, Role.SUBSCRIBE, ttl=86400)
+    observe_token = authority.issue("*", Role.OBSERVE, ttl=86400)
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
 
     inner_lifespan = app.router.lifespan_context
@@ -249,7 +251,8 @@ def demo(args: argparse.Namespace) -> int:
                 f"  Open the page:   {base}/?session={session_id}&token={token}\n"
                 f"  Or follow it:    curl -N '{base}/sessions/{session_id}/events"
                 f"?token={token}&last_event_id=earliest'\n"
-                f"  Snapshot (JSON): curl '{base}/sessions/{session_id}?token={token}'\n\n"
+                f"  Snapshot (JSON): curl '{base}/sessions/{session_id}?token={token}'\n"
+                f"  Operator page:   {base}/ops?token={observe_token}\n\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )

@@ -217,6 +217,45 @@ def test_a_port_in_use_exits_69_with_one_line_before_printing_anything(command: 
     assert result.stderr == f"sse-progress: port {port} on 127.0.0.1 is already in use\n"
 
 
+def test_the_demo_prints_an_ops_url_whose_token_lists_its_session_and_honours_the_secret() -> None:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_") and k != "REDIS_URL"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "sse_progress.cli", "demo", "--port", str(port), "--session", "demo-ops"],
+        env={**base, "SSE_PROGRESS_SECRET": "k1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        banner: list[str] = []
+        for line in demo.stdout:  # the banner, up to its last line
+            banner.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        printed = next((line for line in banner if "Operator page:" in line), "")
+        assert printed, f"no ops URL in the banner: {banner}"
+        ops_url = printed.split("Operator page:", 1)[1].strip()
+        assert ops_url.startswith(f"http://127.0.0.1:{port}/ops?token="), printed
+        token = ops_url.split("token=", 1)[1]
+        page = httpx.get(ops_url, timeout=10)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+        def lists_the_demo_session() -> bool:
+            listed = httpx.get(f"http://127.0.0.1:{port}/sessions", params={"token": token}, timeout=10)
+            assert listed.status_code == 200, listed.text
+            return "demo-ops" in [entry["session_id"] for entry in listed.json()["sessions"]]
+
+        wait_until(lists_the_demo_session, 10, "the demo session in GET /sessions")
+        # A token minted from $SSE_PROGRESS_SECRET, as `sse-progress token '*' --observe` makes, works too.
+        minted = TokenAuthority(("k1",)).issue("*", Role.OBSERVE, ttl=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/sessions", params={"token": minted}, timeout=10).status_code == 200
+    finally:
+        demo.terminate()
+        demo.communicate(timeout=15)
+
+
 def test_other_commands_do_not_care_about_a_malformed_port() -> None:
     result = run_cli("token", "abc", env={"SSE_PROGRESS_SECRET": "k1", "PORT": "web"})
     assert result.returncode == 0, result
