@@ -118,6 +118,8 @@ def test_the_files_a_platform_reads_are_there_and_agree() -> None:
     assert manifest["env"]["SSE_PROGRESS_REDIS_TLS_VERIFY"]["value"] == "false"
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert "$PORT" in procfile["web"] and "0.0.0.0" in procfile["web"]
+    # Behind the platform's router (the only thing that can reach a dyno), as docs/deploy.md says.
+    assert "--forwarded-allow-ips '*'" in procfile["web"]
 
 
 def test_the_procfile_web_line_serves_a_job_from_heroku_style_redis_and_stops_on_sigterm(

@@ -46,6 +46,18 @@ def test_get_progress_answers_the_old_shape(
     assert final["data"]["status"] == "success" and final["data"]["percentual"] == 100.0
 
 
+def test_one_observe_token_reads_any_session_on_the_old_route(
+    legacy_server: LiveServer, tracker: ProgressTracker, session_id: str
+) -> None:
+    tracker.update_progress(2, "Processando tela 2...")
+    token = legacy_server.token("*", "observe")  # what `sse-progress token '*' --observe` prints
+    answer = httpx.get(
+        legacy_server.url + "/api/get_progress.php", params={"session": session_id, "token": token}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["success"] is True and answer.json()["data"]["etapa_atual"] == 2
+
+
 def test_get_progress_refusals_keep_the_old_error_shape(legacy_server: LiveServer, session_id: str) -> None:
     url = legacy_server.url + "/api/get_progress.php"
     unknown = httpx.get(url, params={"session": session_id, "token": legacy_server.token(session_id)}, timeout=10)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -13,7 +16,7 @@ import redis
 import websockets
 
 from .clients import Publisher, follow
-from .conftest import LiveServer, RedisServer, wait_until
+from .conftest import LiveServer, RedisServer, free_port, wait_until
 from .test_reliability import metric, ws_url
 
 RETRY = re.compile(rb"^: (?P<problem>[^\n]+)\nretry: (?P<ms>\d+)\n\n$")
@@ -155,6 +158,39 @@ async def test_no_request_fails_right_after_redis_restarts(own_redis: RedisServe
     finally:
         await publisher.aclose()
         live.stop()
+
+
+def test_serve_starts_without_redis_and_readyz_reports_it_until_redis_answers() -> None:
+    later = RedisServer()  # its port is chosen; nothing listens there yet
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port), "--redis-url", later.url],
+        env={**os.environ, "SSE_PROGRESS_SECRET": "k1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    readyz = f"http://127.0.0.1:{port}/readyz"
+
+    def answers() -> bool:
+        assert serve.poll() is None, serve.communicate()[0]  # it must not exit for want of Redis
+        try:
+            return httpx.get(readyz, timeout=2).status_code > 0
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, 30, "serve to answer without Redis")
+        answer = httpx.get(readyz, timeout=10)
+        assert answer.status_code == 503
+        assert answer.json()["status"] == "unavailable" and answer.json()["error"]
+        later.start()
+        wait_until(lambda: httpx.get(readyz, timeout=10).status_code == 200, 30, "/readyz once Redis answers")
+    finally:
+        serve.terminate()
+        output = serve.communicate(timeout=15)[0]
+        later.stop()
+    assert "could not check the event store at startup" in output, output
 
 
 async def test_operator_endpoints_during_an_outage_answer_503_json_and_the_watch_logs_once(
