@@ -32,6 +32,7 @@ from .bridge import NOTIFY_SETTING, SETTLE_SECONDS, run_bridge
 from .config import ConfigError, Settings
 from .demo import SCREENS, run_simulated_quote
 from .engines import MemoryEngine, SessionTerminal
+from .engines.redis_errors import describe_store_error
 from .events import MAX_STEP, STATUSES, EventDraft, InvalidEvent, is_valid_session_id, parse_event_id
 from .exits import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_STATUSES, EXIT_UNAVAILABLE, EXIT_USAGE
 from .logs import log_config
@@ -355,7 +356,7 @@ def publish(args: argparse.Namespace) -> int:
     except HttpPublishError as error:
         return _fail(EXIT_REFUSED, str(error))
     except (OSError, httpx.TransportError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-        return _fail(EXIT_UNAVAILABLE, f"cannot reach {target}: {error}")
+        return _fail(EXIT_UNAVAILABLE, f"cannot reach {target}: {describe_store_error(error)}")
     # One formatting whatever the path: the envelope as stored, compact JSON.
     print(orjson.dumps(orjson.loads(envelope)).decode())
     return EXIT_OK

@@ -31,7 +31,7 @@ from ..session_index import (
     SessionIndex,
     parse_durations,
 )
-from .base import EngineUnavailable
+from .redis_errors import unavailable_because
 
 INDEX_KEY_COUNT = 3
 TERMINAL_GROUPS = GROUPS[1:]
@@ -146,7 +146,7 @@ def _store_errors_as_unavailable() -> Iterator[None]:
     try:
         yield
     except (RedisError, RedisClusterException) as error:
-        raise EngineUnavailable(str(error)) from error
+        raise unavailable_because(error) from error
 
 
 class RedisIndex(SessionIndex):
