@@ -205,6 +205,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     ]
     if settings.legacy_routes:
         routes += legacy.ROUTES
+        # Said at startup: old URLs answering is a choice an operator should see, and undo once pages moved.
+        paths = ", ".join(str(getattr(route, "path", route)) for route in legacy.ROUTES)
+        log.info("legacy routes on (SSE_PROGRESS_LEGACY_ROUTES): %s", paths)
     app = ProgressApp(
         routes=routes,
         middleware=middleware,

@@ -88,12 +88,17 @@ class TokenAuthority:
             raise ApiError(401, "missing token: send ?token=, an Authorization: Bearer header or the cookie")
         claims = self.verify(token)
         if needed not in GRANTS[claims.role]:
-            raise ApiError(403, f"a {claims.role.value} token cannot {needed.value}")
+            raise ApiError(403, f"{_with_article(claims.role.value)} token cannot {needed.value}")
         if claims.role is not Role.ADMIN and claims.session not in (session, ANY_SESSION):
             raise ApiError(403, "this token is for another session")
         if claims.session == ANY_SESSION and claims.role is Role.SUBSCRIBE:
             raise ApiError(403, "a subscribe token must name one session")
         return claims
+
+
+def _with_article(word: str) -> str:
+    """Role names go into sentences: "an observe token", "an admin token", "a publish token"."""
+    return ("an " if word[:1] in ("a", "e", "i", "o", "u") else "a ") + word
 
 
 def is_canonical(token: str) -> bool:

@@ -37,10 +37,11 @@ from .engines.cluster_url import is_cluster_url
 from .engines.redis import RedisEngine, connection_options
 from .engines.redis_feed import next_message
 from .events import InvalidEvent
-from .exits import EXIT_CONFIG, EXIT_OK
+from .exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from .legacy import LegacyKeys, OwnUpdate, draft_from_legacy, same_state, session_from_name
 from .logs import log_config
 from .metrics import METRICS
+from .ports import bind_failure
 
 log = logging.getLogger("sse_progress.bridge")
 
@@ -324,7 +325,11 @@ def run_bridge(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, args.metrics_host, registry=METRICS.registry)
+        try:
+            start_http_server(args.metrics_port, args.metrics_host, registry=METRICS.registry)
+        except OSError as error:
+            print(f"sse-progress: {bind_failure(args.metrics_host, args.metrics_port, error)}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
     legacy = LegacyKeys(settings.prefix)
     return asyncio.run(_serve(args, settings, url, legacy))
 

@@ -32,9 +32,11 @@ from .bridge import NOTIFY_SETTING, SETTLE_SECONDS, run_bridge
 from .config import ConfigError, Settings
 from .demo import SCREENS, run_simulated_quote
 from .engines import MemoryEngine, SessionTerminal
+from .engines.redis_errors import describe_store_error
 from .events import MAX_STEP, STATUSES, EventDraft, InvalidEvent, is_valid_session_id, parse_event_id
 from .exits import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_STATUSES, EXIT_UNAVAILABLE, EXIT_USAGE
 from .logs import log_config
+from .ports import cannot_listen
 from .sockets import HTTP_PROTOCOL
 from .tracker import new_session_id
 
@@ -49,7 +51,7 @@ WATCH_EXIT_STATUSES = """exit status (the session's end, for scripts):
   2 cancelled
   3 --timeout elapsed
   4 token refused (401/403)
-  5 other failure
+  5 other failure (also: the server never answered, 3 attempts in about 3 s)
   64 usage error
   130 interrupted"""
 
@@ -173,10 +175,12 @@ def serve(args: argparse.Namespace) -> int:
             f"  (for example: export SSE_PROGRESS_SECRET={secrets.token_urlsafe(32)})\n"
             "  or pass --insecure to disable token checks (never in production).",
         )
-    if settings.insecure:
-        print("WARNING: --insecure: token checks are DISABLED; anyone can read and publish.", file=sys.stderr)
     if args.workers > 1 and not settings.redis_url:
         return _fail(EXIT_USAGE, "--workers > 1 needs REDIS_URL (the embedded engine lives in one process)")
+    if problem := cannot_listen(args.host, args.port):
+        return _fail(EXIT_UNAVAILABLE, problem)
+    if settings.insecure:
+        print("WARNING: --insecure: token checks are DISABLED; anyone can read and publish.", file=sys.stderr)
     logging_config = log_config(settings.log_format)
     logging.config.dictConfig(logging_config)
     log.info(
@@ -218,14 +222,18 @@ def demo(args: argparse.Namespace) -> int:
 
     if args.rpa and (missing := _rpa_missing()):
         return _fail(EXIT_UNAVAILABLE, missing)
+    if problem := cannot_listen(args.host, args.port):
+        return _fail(EXIT_UNAVAILABLE, problem)
 
-    secret = secrets.token_urlsafe(32)
-    settings = Settings.from_env({"SSE_PROGRESS_HEARTBEAT": "15"}).with_overrides(secrets=(secret,))
+    # $SSE_PROGRESS_SECRET when set, so that tokens from `sse-progress token` (and watch's) work here too.
+    demo_secrets = _settings().secrets or (secrets.token_urlsafe(32),)
+    settings = Settings.from_env({"SSE_PROGRESS_HEARTBEAT": "15"}).with_overrides(secrets=demo_secrets)
     engine = MemoryEngine(history=settings.history, ttl=settings.ttl)
     app = create_app(settings, engine)
-    authority = TokenAuthority((secret,))
+    authority = TokenAuthority(demo_secrets)
     session_id = args.session or new_session_id()
     token = authority.issue(session_id, Role.SUBSCRIBE, ttl=86400)
+    observe_token = authority.issue("*", Role.OBSERVE, ttl=86400)
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
 
     inner_lifespan = app.router.lifespan_context
@@ -244,7 +252,8 @@ def demo(args: argparse.Namespace) -> int:
                 f"  Open the page:   {base}/?session={session_id}&token={token}\n"
                 f"  Or follow it:    curl -N '{base}/sessions/{session_id}/events"
                 f"?token={token}&last_event_id=earliest'\n"
-                f"  Snapshot (JSON): curl '{base}/sessions/{session_id}?token={token}'\n\n"
+                f"  Snapshot (JSON): curl '{base}/sessions/{session_id}?token={token}'\n"
+                f"  Operator page:   {base}/ops?token={observe_token}\n\n"
                 "Press Ctrl-C to stop.\n",
                 flush=True,
             )
@@ -347,7 +356,7 @@ def publish(args: argparse.Namespace) -> int:
     except HttpPublishError as error:
         return _fail(EXIT_REFUSED, str(error))
     except (OSError, httpx.TransportError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-        return _fail(EXIT_UNAVAILABLE, f"cannot reach {target}: {error}")
+        return _fail(EXIT_UNAVAILABLE, f"cannot reach {target}: {describe_store_error(error)}")
     # One formatting whatever the path: the envelope as stored, compact JSON.
     print(orjson.dumps(orjson.loads(envelope)).decode())
     return EXIT_OK

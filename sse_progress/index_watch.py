@@ -78,19 +78,23 @@ class IndexWatch:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
+        # One line when reading starts failing and one when it works again, not one per tick of an outage.
+        failure: str | None = None
         while True:
             try:
                 await self.tick()
-                if not self.healthy:
-                    log.info("session index readable again")
-                self.healthy = True
+                if failure is not None:
+                    log.warning("session index readable again")
+                failure = None
             except EngineUnavailable as error:
-                if self.healthy:
-                    log.warning("session index unreadable: %s", error)
-                self.healthy = False
-            except Exception:
-                log.exception("session index watch failed; retrying")
-                self.healthy = False
+                if failure != "unavailable":
+                    log.warning("session index unreadable, retrying every %gs: %s", self.tick_seconds, error)
+                failure = "unavailable"
+            except Exception as error:
+                if failure != type(error).__name__:
+                    log.exception("session index watch failed; retrying")  # a bug: its traceback, once
+                failure = type(error).__name__
+            self.healthy = failure is None
             await asyncio.sleep(self.tick_seconds)
 
     async def tick(self) -> None:

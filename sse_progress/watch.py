@@ -8,8 +8,10 @@ A terminal gets a live progress bar (step, percentage, ETA, message); a pipe get
 dropped connection or a server restart without repeating or losing an event.
 
 Exit status: 0 success, 1 error, 2 cancelled (the session's terminal status), 3 ``--timeout`` elapsed first,
-4 the server refused the token (401/403), 5 any other failure (an unusable setting, the server unreachable for
-good, ...), 64 usage error (a malformed session id, resume id or timeout included), 130 interrupted (Ctrl-C).
+4 the server refused the token (401/403), 5 any other failure (an unusable setting, a server never reached:
+``UNREACHED_ATTEMPTS`` connection attempts in a row, about 3 s, without any HTTP answer), 64 usage error (a
+malformed session id, resume id or timeout included), 130 interrupted (Ctrl-C). Once the server has answered,
+the watch reconnects for as long as it takes (a restart, a deploy), as ``follow`` does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[str, int] = {"success": EXIT_SUCCESS, "error": EXIT_ERROR, "cancelled": EXIT_CANCELLED}
 
 PROG = "sse-progress watch"
+# A wrong --url or a server not started yet should not look like a long wait: give up after about 3 s
+# (1 s, then 2 s of backoff), enough for a server started just before the watch.
+UNREACHED_ATTEMPTS = 3
 # A minted token outlives the watch: the server checks it again on every reconnect.
 MINTED_TOKEN_TTL = 86400
 MINTED_TOKEN_MARGIN = 300
@@ -197,6 +202,29 @@ def _note(err: TextIO, reconnect: Reconnect) -> None:
     err.flush()
 
 
+class ServerUnreachable(Exception):
+    """The server never answered: every connection attempt so far failed before any HTTP response."""
+
+
+class Reachability:
+    """Whether the server has answered anything yet (any HTTP response, even a 503), fed by an httpx hook."""
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+        self.reached = False
+
+    async def on_response(self, response: httpx.Response) -> None:
+        self.reached = True
+
+    def reconnecting(self, reconnect: Reconnect) -> None:
+        """``follow``'s ``on_reconnect``: give up on a server never reached, else show the reconnect."""
+        if not self.reached:
+            if reconnect.attempt >= UNREACHED_ATTEMPTS:
+                raise ServerUnreachable(reconnect.reason)
+            return  # no "connection lost" for a connection that never was
+        self.display.reconnecting(reconnect)
+
+
 @dataclass(frozen=True)
 class WatchOptions:
     """What to follow and how; ``run`` builds it from the command line."""
@@ -226,18 +254,21 @@ async def watch(
 
     status: str | None = None
     last: dict[str, Any] | None = None
+    reachability = Reachability(display)
     try:
-        events = follow(
-            options.url,
-            options.session_id,
-            options.token,
-            last_event_id=options.last_event_id,
-            timeout=options.timeout,
-            on_reconnect=display.reconnecting,
-        )
-        async for envelope in events:
-            last = envelope
-            display.show(envelope)
+        async with httpx.AsyncClient(event_hooks={"response": [reachability.on_response]}) as client:
+            events = follow(
+                options.url,
+                options.session_id,
+                options.token,
+                last_event_id=options.last_event_id,
+                timeout=options.timeout,
+                client=client,
+                on_reconnect=reachability.reconnecting,
+            )
+            async for envelope in events:
+                last = envelope
+                display.show(envelope)
         if last is not None and last.get("status") in TERMINAL_STATUSES:
             status = str(last["status"])
         else:
@@ -248,6 +279,10 @@ async def watch(
         where = "" if last is None else f" (last: step {'/'.join(map(str, _step(last)))}, {last.get('status')})"
         _error(err, f"the session did not end within {options.timeout:g} s{where}")
         return EXIT_TIMEOUT
+    except ServerUnreachable as error:
+        display.close(None)
+        _error(err, f"cannot reach the server at {options.url}: {error}")
+        return EXIT_FAILURE
     except FollowError as error:
         display.close(None)
         _error(err, _refusal(error))

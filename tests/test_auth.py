@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 
+import httpx
 import pytest
 
 from sse_progress.auth import Role, TokenAuthority
 from sse_progress.errors import ApiError
+
+from .conftest import LiveServer
 
 
 def _status(call) -> int:  # type: ignore[no-untyped-def]
@@ -35,6 +38,16 @@ def test_missing_forged_tampered_and_expired_tokens_are_401() -> None:
     assert _status(lambda: authority.check("garbage", "abc", Role.SUBSCRIBE)) == 401
     expired = authority.issue("abc", Role.SUBSCRIBE, ttl=-1)
     assert _status(lambda: authority.check(expired, "abc", Role.SUBSCRIBE)) == 401
+
+
+def test_a_refused_role_is_named_with_its_article(server: LiveServer) -> None:
+    observer = server.token("*", Role.OBSERVE)
+    answer = httpx.get(f"{server.url}/stats", params={"token": observer}, timeout=10)
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "an observe token cannot admin"
+    publisher = server.token("abc", Role.PUBLISH)
+    answer = httpx.get(f"{server.url}/stats", params={"token": publisher}, timeout=10)
+    assert answer.json()["error"] == "a publish token cannot admin"
 
 
 def test_other_session_and_wrong_role_are_403() -> None:

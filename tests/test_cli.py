@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,63 @@ def test_a_malformed_port_in_the_environment_is_a_usage_error_not_a_traceback(co
     assert result.returncode == 64, result
     assert "--port" in result.stderr and "'web'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve --port", "demo (PORT)", "bridge --metrics-port"])
+def test_a_port_in_use_exits_69_with_one_line_before_printing_anything(command: str, redis_url: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {"SSE_PROGRESS_SECRET": "k1", "REDIS_URL": redis_url}
+        if command == "serve --port":
+            result = run_cli("serve", "--port", str(port), env=env)
+        elif command == "demo (PORT)":
+            result = run_cli("demo", env={**env, "PORT": str(port)})
+        else:
+            result = run_cli("bridge", "--metrics-port", str(port), env=env)
+    assert result.returncode == 69, result
+    assert result.stdout == ""  # no page URLs, no "Press Ctrl-C"
+    assert result.stderr == f"sse-progress: port {port} on 127.0.0.1 is already in use\n"
+
+
+def test_the_demo_prints_an_ops_url_whose_token_lists_its_session_and_honours_the_secret() -> None:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_") and k != "REDIS_URL"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "sse_progress.cli", "demo", "--port", str(port), "--session", "demo-ops"],
+        env={**base, "SSE_PROGRESS_SECRET": "k1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        banner: list[str] = []
+        for line in demo.stdout:  # the banner, up to its last line
+            banner.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        printed = next((line for line in banner if "Operator page:" in line), "")
+        assert printed, f"no ops URL in the banner: {banner}"
+        ops_url = printed.split("Operator page:", 1)[1].strip()
+        assert ops_url.startswith(f"http://127.0.0.1:{port}/ops?token="), printed
+        token = ops_url.split("token=", 1)[1]
+        page = httpx.get(ops_url, timeout=10)
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+        def lists_the_demo_session() -> bool:
+            listed = httpx.get(f"http://127.0.0.1:{port}/sessions", params={"token": token}, timeout=10)
+            assert listed.status_code == 200, listed.text
+            return "demo-ops" in [entry["session_id"] for entry in listed.json()["sessions"]]
+
+        wait_until(lists_the_demo_session, 10, "the demo session in GET /sessions")
+        # A token minted from $SSE_PROGRESS_SECRET, as `sse-progress token '*' --observe` makes, works too.
+        minted = TokenAuthority(("k1",)).issue("*", Role.OBSERVE, ttl=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/sessions", params={"token": minted}, timeout=10).status_code == 200
+    finally:
+        demo.terminate()
+        demo.communicate(timeout=15)
 
 
 def test_other_commands_do_not_care_about_a_malformed_port() -> None:

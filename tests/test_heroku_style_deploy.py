@@ -118,6 +118,8 @@ def test_the_files_a_platform_reads_are_there_and_agree() -> None:
     assert manifest["env"]["SSE_PROGRESS_REDIS_TLS_VERIFY"]["value"] == "false"
     procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert "$PORT" in procfile["web"] and "0.0.0.0" in procfile["web"]
+    # Behind the platform's router (the only thing that can reach a dyno), as docs/deploy.md says.
+    assert "--forwarded-allow-ips '*'" in procfile["web"]
 
 
 def test_the_procfile_web_line_serves_a_job_from_heroku_style_redis_and_stops_on_sigterm(
@@ -210,6 +212,21 @@ def test_without_tls_verify_false_readyz_names_the_certificate_problem(tls_redis
         wait_until(answered, STARTUP_TIMEOUT, "the server to answer /readyz")
         assert answers[-1].status_code == 503
         assert "certificate verify failed" in answers[-1].text, answers[-1].text
+        assert "set SSE_PROGRESS_REDIS_TLS_VERIFY=false" in answers[-1].json()["error"], answers[-1].text
     finally:
         server.terminate()
         server.wait(15)
+
+
+def test_publish_to_a_self_signed_redis_names_the_setting_that_accepts_it(tls_redis: TlsRedis) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sse_progress.cli", "publish", "tls-1", "--etapa", "1", "--redis-url", tls_redis.url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 69, result
+    assert "certificate verify failed" in result.stderr and "SSE_PROGRESS_REDIS_TLS_VERIFY=false" in result.stderr
+    assert REDIS_PASSWORD not in result.stderr

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +18,7 @@ import redis
 import websockets
 
 from sse_progress import ProgressTracker
-from tests.conftest import LiveServer, RedisServer
+from tests.conftest import LiveServer, RedisServer, free_port
 from tests.legacy_support import BridgeProcess
 
 OLD_FIELDS = {"etapa_atual", "total_etapas", "percentual", "status", "mensagem", "dados_extra", "timestamp"}
@@ -44,6 +47,43 @@ def test_get_progress_answers_the_old_shape(
     tracker.complete("Cotação concluída")
     final = httpx.get(legacy_server.url + path, params=params, timeout=10).json()
     assert final["data"]["status"] == "success" and final["data"]["percentual"] == 100.0
+
+
+def test_one_observe_token_reads_any_session_on_the_old_route(
+    legacy_server: LiveServer, tracker: ProgressTracker, session_id: str
+) -> None:
+    tracker.update_progress(2, "Processando tela 2...")
+    token = legacy_server.token("*", "observe")  # what `sse-progress token '*' --observe` prints
+    answer = httpx.get(
+        legacy_server.url + "/api/get_progress.php", params={"session": session_id, "token": token}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["success"] is True and answer.json()["data"]["etapa_atual"] == 2
+
+
+def test_serve_says_at_startup_that_the_legacy_routes_are_on() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_") and k != "REDIS_URL"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port)],
+        env={**env, "SSE_PROGRESS_SECRET": "k1", "SSE_PROGRESS_LEGACY_ROUTES": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        startup: list[str] = []
+        for line in process.stdout:
+            startup.append(line)
+            if "Application startup complete" in line:
+                break
+    finally:
+        process.terminate()
+        process.wait(15)
+    said = [line for line in startup if "legacy routes on" in line]
+    assert said, "".join(startup)
+    assert "/api/get_progress.php" in said[0] and "/get_progress" in said[0] and "/session/" in said[0]
 
 
 def test_get_progress_refusals_keep_the_old_error_shape(legacy_server: LiveServer, session_id: str) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -13,7 +16,7 @@ import redis
 import websockets
 
 from .clients import Publisher, follow
-from .conftest import LiveServer, RedisServer, wait_until
+from .conftest import LiveServer, RedisServer, free_port, wait_until
 from .test_reliability import metric, ws_url
 
 RETRY = re.compile(rb"^: (?P<problem>[^\n]+)\nretry: (?P<ms>\d+)\n\n$")
@@ -154,4 +157,67 @@ async def test_no_request_fails_right_after_redis_restarts(own_redis: RedisServe
         wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 10, "/readyz")
     finally:
         await publisher.aclose()
+        live.stop()
+
+
+def test_serve_starts_without_redis_and_readyz_reports_it_until_redis_answers() -> None:
+    later = RedisServer()  # its port is chosen; nothing listens there yet
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port), "--redis-url", later.url],
+        env={**os.environ, "SSE_PROGRESS_SECRET": "k1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    readyz = f"http://127.0.0.1:{port}/readyz"
+
+    def answers() -> bool:
+        assert serve.poll() is None, serve.communicate()[0]  # it must not exit for want of Redis
+        try:
+            return httpx.get(readyz, timeout=2).status_code > 0
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, 30, "serve to answer without Redis")
+        answer = httpx.get(readyz, timeout=10)
+        assert answer.status_code == 503
+        assert answer.json()["status"] == "unavailable" and answer.json()["error"]
+        later.start()
+        wait_until(lambda: httpx.get(readyz, timeout=10).status_code == 200, 30, "/readyz once Redis answers")
+    finally:
+        serve.terminate()
+        output = serve.communicate(timeout=15)[0]
+        later.stop()
+    assert "could not check the event store at startup" in output, output
+
+
+async def test_operator_endpoints_during_an_outage_answer_503_json_and_the_watch_logs_once(
+    own_redis: RedisServer,
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    observe, admin = live.token("*", "observe"), live.token("*", "admin")
+    try:
+        own_redis.stop(kill=True)
+        await asyncio.sleep(3.5)  # a few ticks of the session index watch
+        async with httpx.AsyncClient(timeout=30) as client:
+            for path, token in (("/sessions", observe), ("/ops/figures", observe), ("/stats", admin)):
+                answer = await client.get(live.url + path, params={"token": token})
+                assert answer.status_code == 503, (path, answer.text)
+                assert answer.headers["retry-after"]
+                assert answer.json() == {"success": False, "error": "the event store is unavailable; retry shortly"}
+            # The change stream is read by an EventSource: a 200 stream with a retry:, never an error status.
+            async with client.stream("GET", live.url + "/ops/events", params={"token": observe}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                first = await anext(stream.aiter_bytes())
+                assert first.startswith(b"retry: ")
+        log = live.log.read_text()
+        assert log.count("session index unreadable") == 1, log
+        assert "Traceback" not in log, log
+        own_redis.start()
+        wait_until(lambda: "session index readable again" in live.log.read_text(), 30, "the recovery line")
+    finally:
         live.stop()

@@ -16,7 +16,7 @@ from rich.console import Console
 from sse_progress import ProgressTracker
 from sse_progress.watch import WatchOptions, describe, format_eta, watch
 
-from .conftest import LiveServer
+from .conftest import LiveServer, free_port
 
 Envelope = dict[str, Any]
 EXIT = {"success": 0, "error": 1, "cancelled": 2}
@@ -120,6 +120,24 @@ def test_timeout_on_a_session_that_never_ends_exits_3(server: LiveServer, sessio
     shown = [envelope["etapa_atual"] for envelope in json_lines(stdout)]
     assert shown in ([], [1])
     assert ("(last: step 1/3, running)" in stderr) == bool(shown)
+
+
+def test_a_server_never_reached_exits_5_with_one_line_within_seconds(session_id: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    process = subprocess.run(
+        [sys.executable, "-m", "sse_progress.cli", "watch", session_id, "--url", url, "--json"],
+        env=environment(SSE_PROGRESS_SECRET="s" * 32),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 5, process.stderr
+    assert time.monotonic() - started < 15  # three attempts, about 3 s, plus the interpreter's start
+    assert process.stdout == ""
+    lines = process.stderr.splitlines()
+    assert len(lines) == 1, process.stderr
+    assert lines[0].startswith(f"sse-progress watch: cannot reach the server at {url}: ConnectError")
 
 
 def test_timeout_on_a_session_with_no_events_yet_exits_3(server: LiveServer, session_id: str) -> None:

@@ -24,7 +24,6 @@ from .base import (
     Engine,
     EngineFull,
     EngineMisconfigured,
-    EngineUnavailable,
     Feed,
     MessageHandler,
     Published,
@@ -33,6 +32,7 @@ from .base import (
     SessionView,
     outlived,
 )
+from .redis_errors import unavailable_because
 from .redis_feed import RedisFeed
 from .redis_index import STEP_DURATION_LUA, IndexKeys, RedisIndex, index_update_lua
 
@@ -194,7 +194,7 @@ class RedisEngine(Engine):
                 log.error("redis refuses every event: %s; free memory or raise maxmemory", FULL)
             raise EngineFull(FULL) from error
         except RedisError as error:
-            raise EngineUnavailable(str(error)) from error
+            raise unavailable_because(error) from error
         if self._full:
             self._full = False
             log.warning("redis stores events again")
@@ -212,7 +212,7 @@ class RedisEngine(Engine):
                 keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument]
             )
         except RedisError as error:
-            raise EngineUnavailable(str(error)) from error
+            raise unavailable_because(error) from error
         if not snapshot or not _written_by_us(session_id, snapshot):
             return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         if after is None:
@@ -230,9 +230,9 @@ class RedisEngine(Engine):
                 await self.verify()
             memory = await self.client.info("memory")
         except RedisError as error:
-            raise EngineUnavailable(str(error)) from error
+            raise unavailable_because(error) from error
         except EngineMisconfigured as error:  # Redis was not reachable at startup to be verified then
-            raise EngineUnavailable(str(error)) from error
+            raise unavailable_because(error) from error
         raise_if_full(memory)
 
     async def verify(self) -> None:
@@ -240,7 +240,7 @@ class RedisEngine(Engine):
         try:
             info = await self.client.info("cluster")
         except RedisError as error:
-            raise EngineUnavailable(str(error)) from error
+            raise unavailable_because(error) from error
         if info.get("cluster_enabled") == 1:
             where = self.client.connection_pool.connection_kwargs
             raise EngineMisconfigured(
@@ -250,7 +250,10 @@ class RedisEngine(Engine):
         self._verified = True
 
     async def stats(self) -> dict[str, Any]:
-        info = await self.client.info()
+        try:
+            info = await self.client.info()
+        except RedisError as error:
+            raise unavailable_because(error) from error
         return {
             "connected_clients": info.get("connected_clients"),
             "used_memory": info.get("used_memory"),

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from ..events import EventDraft, EventId
-from .base import EngineUnavailable, Feed, MessageHandler, Published, ResyncHandler, SessionView
+from .base import Feed, MessageHandler, Published, ResyncHandler, SessionView
 from .cluster_url import node_url
 from .redis import (
     READ_SCRIPT,
@@ -35,6 +35,7 @@ from .redis import (
     raise_if_full,
 )
 from .redis_cluster_feed import RedisClusterFeed
+from .redis_errors import unavailable_because
 from .redis_index import INDEX_KEY_COUNT, INDEX_SCRIPT, RedisIndex, index_arguments
 
 UNAVAILABLE = (RedisError, RedisClusterException)
@@ -111,7 +112,7 @@ class RedisClusterEngine(RedisEngine):
                 if index_args is not None:
                     await self._index_update(keys=keys[-INDEX_KEY_COUNT:], args=index_args)
             except UNAVAILABLE as error:  # e.g. the slot is not covered while a master fails over
-                raise EngineUnavailable(str(error)) from error
+                raise unavailable_because(error) from error
         return published_outcome(draft.session_id, outcome)
 
     async def read(self, session_id: str, after: EventId | None) -> SessionView:
@@ -119,7 +120,7 @@ class RedisClusterEngine(RedisEngine):
             try:
                 return await super().read(session_id, after)
             except RedisClusterException as error:
-                raise EngineUnavailable(str(error)) from error
+                raise unavailable_because(error) from error
 
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
         return RedisClusterFeed(self.url, self._options, self.keys, self.topology, on_message, on_resync)
@@ -132,7 +133,7 @@ class RedisClusterEngine(RedisEngine):
                     "memory", target_nodes=RedisCluster.PRIMARIES
                 )
             except UNAVAILABLE as error:
-                raise EngineUnavailable(str(error)) from error
+                raise unavailable_because(error) from error
         for memory in by_node.values():
             raise_if_full(memory)
 
@@ -144,7 +145,7 @@ class RedisClusterEngine(RedisEngine):
             try:
                 by_node: dict[str, dict[str, Any]] = await self.cluster.info(target_nodes=RedisCluster.PRIMARIES)
             except UNAVAILABLE as error:
-                raise EngineUnavailable(str(error)) from error
+                raise unavailable_because(error) from error
         totals: dict[str, Any] = {"masters": len(by_node)}
         for field in ("connected_clients", "used_memory", "keyspace_hits", "keyspace_misses"):
             totals[field] = sum(int(info.get(field, 0)) for info in by_node.values())

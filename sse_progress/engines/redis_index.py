@@ -15,7 +15,11 @@ Readers treat the session's snapshot as the truth either way: an entry without o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..session_index import (
     DURATIONS_CHARS,
@@ -27,6 +31,7 @@ from ..session_index import (
     SessionIndex,
     parse_durations,
 )
+from .redis_errors import unavailable_because
 
 INDEX_KEY_COUNT = 3
 TERMINAL_GROUPS = GROUPS[1:]
@@ -135,6 +140,15 @@ def index_arguments(publish_args: list[Any], outcome: list[Any]) -> list[Any] | 
     return [session_id, status, at, terminal, ended_step, ended_ms, new_session, ttl]
 
 
+@contextmanager
+def _store_errors_as_unavailable() -> Iterator[None]:
+    """A Redis that does not answer is an outage the callers know how to report, not a bug."""
+    try:
+        yield
+    except (RedisError, RedisClusterException) as error:
+        raise unavailable_because(error) from error
+
+
 class RedisIndex(SessionIndex):
     """Reads the index; ``client`` is the engine's client (single Redis or cluster: a pipeline works on both)."""
 
@@ -152,7 +166,9 @@ class RedisIndex(SessionIndex):
             # Ties on the same ms come in descending id order; those at or after the cursor are skipped below.
             pipe.zrevrangebyscore(key, top, "-inf", start=0, num=count + 64, withscores=True)
         picked: list[tuple[int, str]] = []
-        for rows in await pipe.execute():
+        with _store_errors_as_unavailable():
+            answered = await pipe.execute()
+        for rows in answered:
             for member, score in rows:
                 ms, session_id = int(score), member.decode()
                 if before is None or (ms, session_id) < before:
@@ -167,7 +183,8 @@ class RedisIndex(SessionIndex):
         for session_id in session_ids:
             pipe.get(self._snapshot_key(session_id))
             pipe.hmget(self._meta_key(session_id), "step_at", "durations")
-        answers = await pipe.execute()
+        with _store_errors_as_unavailable():
+            answers = await pipe.execute()
         found: list[IndexEntry | None] = []
         for position, session_id in enumerate(session_ids):
             snapshot, (_, durations) = answers[2 * position], answers[2 * position + 1]
@@ -182,16 +199,19 @@ class RedisIndex(SessionIndex):
         pipe = self._client.pipeline(transaction=False)
         for key in self._keys.sets:
             pipe.zrem(key, *session_ids)
-        await pipe.execute()
+        with _store_errors_as_unavailable():
+            await pipe.execute()
 
     async def prune(self, horizon_ms: int) -> None:
         pipe = self._client.pipeline(transaction=False)
         for key in self._keys.sets:
             pipe.zremrangebyscore(key, "-inf", f"({horizon_ms}")
-        await pipe.execute()
+        with _store_errors_as_unavailable():
+            await pipe.execute()
 
     async def totals(self) -> dict[str, int]:
-        raw = await self._client.hgetall(self._keys.totals)
+        with _store_errors_as_unavailable():
+            raw = await self._client.hgetall(self._keys.totals)
         return {field.decode(): int(value) for field, value in raw.items()}
 
     async def finished_between(self, ranges: list[tuple[int, int]]) -> dict[str, list[int]]:
@@ -199,7 +219,8 @@ class RedisIndex(SessionIndex):
         for status in TERMINAL_GROUPS:
             for start, end in ranges:
                 pipe.zcount(self._keys.group(status), start, f"({end}")
-        counts = await pipe.execute()
+        with _store_errors_as_unavailable():
+            counts = await pipe.execute()
         return {
             status: counts[position * len(ranges) : (position + 1) * len(ranges)]
             for position, status in enumerate(TERMINAL_GROUPS)

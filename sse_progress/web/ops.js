@@ -75,6 +75,7 @@
     const link = document.createElement("a");
     link.href = "/?session=" + encodeURIComponent(sessionId) + (token ? "&token=" + encodeURIComponent(token) : "");
     link.textContent = sessionId;
+    link.title = sessionId; // shown whole on hover when the cell cuts it short
     cell(row, 1).appendChild(link);
     const step = document.createElement("span");
     step.className = "step";
@@ -248,7 +249,10 @@
       container.textContent = "Sem etapas concluídas ainda.";
       return;
     }
-    const slowest = steps.reduce((a, b) => (b.median_s > a.median_s ? b : a));
+    // The highest median (what a step usually takes); a tie goes to the higher p95, then to the earlier step.
+    // Not p95 first: over a few sessions one stalled job would own it.
+    const slower = (a, b) => b.median_s > a.median_s || (b.median_s === a.median_s && b.p95_s > a.p95_s);
+    const slowest = steps.reduce((a, b) => (slower(a, b) ? b : a));
     const top = Math.max(...steps.map((s) => s.p95_s), 0.001);
     const width = 960, height = 220, left = 48, bottom = 28, plot = height - bottom - 10;
     const slot = (width - left) / steps.length;

@@ -18,8 +18,9 @@ import pytest
 from playwright.sync_api import Page, expect
 from web_support import Console
 
+from sse_progress import ProgressTracker
 from sse_progress.auth import Role
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +29,18 @@ TAKE_SCREENSHOT = os.environ.get("SSE_PROGRESS_SCREENSHOT") == "1"
 STALL_AFTER = 3.0
 TOTAL = 6
 SLOW_STEP = 3
+
+
+@pytest.fixture(scope="module")
+def redis_ops_server() -> Iterator[LiveServer]:
+    """A server of its own on a Redis of its own: its step figures hold only what a test publishes."""
+    store = RedisServer()
+    store.start()
+    live = LiveServer(store.url)
+    live.start()
+    yield live
+    live.stop()
+    store.stop()
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +123,51 @@ def test_ops_page_follows_jobs_live(page: Page, console: Console, ops_server: Li
     expect(page.locator(f'#steps-chart g.slowest[data-step="{SLOW_STEP}"]')).to_have_count(1)
     expect(page.locator("#finished-chart svg rect.success")).not_to_have_count(0)
     assert page.evaluate("window.__notReloaded") is True
+    console.assert_quiet()
+
+
+def test_a_tie_on_the_median_marks_the_step_with_the_higher_p95(
+    page: Page, console: Console, redis_ops_server: LiveServer, tmp_path: Path
+) -> None:
+    # Five jobs published back to back straight into Redis: every step takes a millisecond or two, so every
+    # median is 0 s; in one job step 3 takes 0.6 s, which only the p95 of step 3 shows.
+    tail_step = 3
+    for number in range(5):
+        job = ProgressTracker(TOTAL, f"tie{number}-{uuid.uuid4().hex[:6]}", "redis", redis_ops_server.redis_url,
+                              outbox_dir=tmp_path)  # fmt: skip
+        for etapa in range(1, TOTAL + 1):
+            job.update_progress(etapa, f"Tela {etapa}")
+            if number == 0 and etapa == tail_step:
+                time.sleep(0.6)
+        job.complete("Cotação concluída")
+        job.close()
+    figures = httpx.get(
+        f"{redis_ops_server.url}/ops/figures", params={"token": redis_ops_server.token("*", Role.OBSERVE)}, timeout=10
+    ).json()["steps"]
+    assert len({step["median_s"] for step in figures}) == 1, figures  # the premise: every median ties
+    assert max(figures, key=lambda step: step["p95_s"])["step"] == tail_step, figures
+
+    page.goto(f"{redis_ops_server.url}/ops?token={redis_ops_server.token('*', Role.OBSERVE)}")
+    expect(page.locator("#steps-chart")).to_have_attribute("data-slowest", str(tail_step))
+    expect(page.locator(f'#steps-chart g.slowest[data-step="{tail_step}"]')).to_have_count(1)
+    # Highlighted in amber, not in the red that means "falharam" in the chart below.
+    tail_fill = page.eval_on_selector("#steps-chart g.slowest .p95", "bar => getComputedStyle(bar).fill")
+    failed_fill = page.eval_on_selector(".swatch.error", "swatch => getComputedStyle(swatch).backgroundColor")
+    assert tail_fill != failed_fill, (tail_fill, failed_fill)
+    expect(page.locator(".hint").first).to_contain_text("Travados primeiro")
+    console.assert_quiet()
+
+
+def test_a_long_session_id_stays_on_one_line(page: Page, console: Console, ops_server: LiveServer) -> None:
+    session_id = "cotacao-seguro-auto-" + uuid.uuid4().hex + "-x"  # 54 characters
+    _publish(ops_server, session_id, 1)
+    page.goto(f"{ops_server.url}/ops?token={ops_server.token('*', Role.OBSERVE)}")
+    link = _row(page, session_id).locator("a")
+    expect(link).to_have_text(session_id)
+    line_height = float(link.evaluate("a => parseFloat(getComputedStyle(a).lineHeight)"))
+    box = link.bounding_box()
+    assert box is not None and box["height"] < 1.5 * line_height, f"the session id wraps: {box}, line {line_height}"
+    expect(link).to_have_attribute("title", session_id)  # the whole id, where the cell cuts it short
     console.assert_quiet()
 
 
