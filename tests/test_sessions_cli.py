@@ -80,7 +80,12 @@ def test_watch_prints_each_change_as_it_happens(live: LiveServer) -> None:
         for line in process.stdout:
             record = json.loads(line)
             seen.append(record)
-            if record["session_id"] == session_id and record["change"] == "finished":
+            # A watch that connects after the job ended lists it among the sessions it already knows.
+            if (
+                record["session_id"] == session_id
+                and record["change"] in ("finished", "known")
+                and record["state"] == "success"
+            ):
                 finished.set()
                 return
 
