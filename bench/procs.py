@@ -214,7 +214,7 @@ def start_sse_progress(redis_url: str, workers: int = 1, env_extra: dict[str, st
     workdir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     launcher = f"{PYTHON} -m uvicorn"
     cmd = (
-        f"{launcher} sse_progress.app:create_app --factory --loop uvloop --http httptools "
+        f"{launcher} sse_progress.server.app:create_app --factory --loop uvloop --http httptools "
         f"--host 127.0.0.1 --port {port} --no-access-log --log-level warning --backlog 4096 "
         f"--timeout-graceful-shutdown 1"
     )

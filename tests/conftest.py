@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from sse_progress.auth import Role, TokenAuthority
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + uuid.uuid4().hex
@@ -119,7 +119,7 @@ def redis_url() -> Iterator[str]:
 
 
 class LiveServer(ManagedProcess):
-    """``uvicorn sse_progress.app:create_app`` in a subprocess, on a fixed port across restarts."""
+    """``uvicorn sse_progress.server.app:create_app`` in a subprocess, on a fixed port across restarts."""
 
     def __init__(self, redis_url: str | None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -149,7 +149,7 @@ class LiveServer(ManagedProcess):
                     sys.executable,
                     "-m",
                     "uvicorn",
-                    "sse_progress.app:create_app",
+                    "sse_progress.server.app:create_app",
                     "--factory",
                     "--host",
                     "127.0.0.1",

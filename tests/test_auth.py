@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from sse_progress.auth import Role, TokenAuthority
-from sse_progress.errors import ApiError
+from sse_progress.protocol.errors import ApiError
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 
 def _status(call) -> int:  # type: ignore[no-untyped-def]

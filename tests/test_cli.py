@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_progress.auth import Role, TokenAuthority
 from sse_progress.cli import build_parser
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 from .conftest import LiveServer, free_port, wait_until
 

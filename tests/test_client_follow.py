@@ -13,8 +13,8 @@ import redis
 from httpx_sse import SSEError, connect_sse
 
 from sse_progress import ProgressTracker
-from sse_progress.client import FollowError, FollowTimeout, Reconnect, follow
-from sse_progress.events import parse_event_id
+from sse_progress.follower.client import FollowError, FollowTimeout, Reconnect, follow
+from sse_progress.protocol.events import parse_event_id
 
 from .clients import Publisher
 from .conftest import LiveServer, RedisServer

@@ -19,9 +19,9 @@ from redis.crc import key_slot
 from sse_progress import AsyncProgressTracker, ProgressTracker
 from sse_progress.config import Settings
 from sse_progress.engines import create_engine
-from sse_progress.engines.cluster_url import node_url
-from sse_progress.engines.redis_cluster import RedisClusterEngine
-from sse_progress.events import EventDraft
+from sse_progress.engines.redis.cluster import RedisClusterEngine
+from sse_progress.engines.redis.cluster_url import node_url
+from sse_progress.protocol.events import EventDraft
 
 from .clients import Publisher, collect_until_end, follow
 from .conftest import LiveServer, RedisClusterNodes, free_port, session_id_on_shard, wait_until

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from sse_progress.coalesce import Coalescer
+from sse_progress.server.coalesce import Coalescer
 
 
 class Recorder:

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from sse_progress.engines import Engine, MemoryEngine, SessionTerminal
-from sse_progress.engines.redis import RedisEngine
-from sse_progress.engines.redis_cluster import RedisClusterEngine
-from sse_progress.events import ZERO_ID, EventDraft, parse_event_id
+from sse_progress.engines.redis.cluster import RedisClusterEngine
+from sse_progress.engines.redis.engine import RedisEngine
+from sse_progress.protocol.events import ZERO_ID, EventDraft, parse_event_id
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])

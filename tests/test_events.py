@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sse_progress.events import (
+from sse_progress.protocol.events import (
     EventDraft,
     InvalidEvent,
     eta_seconds,
@@ -17,7 +17,7 @@ from sse_progress.events import (
     percentual,
     with_id,
 )
-from sse_progress.frames import Frame
+from sse_progress.protocol.frames import Frame
 
 
 def test_percentual_rounds_clamps_and_is_100_on_success() -> None:

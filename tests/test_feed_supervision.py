@@ -8,10 +8,10 @@ import logging
 import httpx
 import pytest
 
-from sse_progress.app import create_app
 from sse_progress.config import Settings
-from sse_progress.events import EventDraft
-from sse_progress.service import Service
+from sse_progress.protocol.events import EventDraft
+from sse_progress.server.app import create_app
+from sse_progress.server.service import Service
 
 
 @pytest.mark.parametrize("engine", ["redis", "cluster"])

@@ -31,11 +31,11 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from sse_progress.app import create_app
-from sse_progress.auth import ANY_SESSION, COOKIE_NAME, Role, TokenAuthority
 from sse_progress.config import Settings
-from sse_progress.events import is_valid_session_id
-from sse_progress.openapi import build_schema
+from sse_progress.protocol.events import is_valid_session_id
+from sse_progress.protocol.tokens import ANY_SESSION, COOKIE_NAME, Role, TokenAuthority
+from sse_progress.server.app import create_app
+from sse_progress.server.openapi import build_schema
 
 from .conftest import SECRET, LiveServer
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sse_progress.auth import Role, TokenAuthority
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 from .conftest import STARTUP_TIMEOUT, free_port, wait_until
 from .source_tree import copy_source_tree

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sse_progress.engines.memory import MemoryEngine
-from sse_progress.hub import Hub
+from sse_progress.server.hub import Hub
 
 HEARTBEAT = 1.0
 LISTENERS = 40

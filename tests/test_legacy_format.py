@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from sse_progress.events import InvalidEvent
-from sse_progress.legacy import LEGACY_PUBLISHER, OwnUpdate, draft_from_legacy, legacy_json, session_from_name
+from sse_progress.protocol.events import InvalidEvent
+from sse_progress.protocol.legacy import LEGACY_PUBLISHER, OwnUpdate, draft_from_legacy, legacy_json, session_from_name
 
 
 def update(**fields: object) -> bytes:

@@ -494,7 +494,7 @@ async def test_event_streams_send_nosniff(server: LiveServer, session_id: str, m
         assert response.headers["x-content-type-options"] == "nosniff"
 
 
-FORGED_LINE = "2026-11-29 12:00:00,000 ERROR sse_progress.auth: admin token leaked"
+FORGED_LINE = "2026-11-29 12:00:00,000 ERROR sse_progress.protocol.tokens: admin token leaked"
 
 
 async def test_a_resume_id_cannot_forge_a_log_line(text_log_server: CliServer, session_id: str) -> None:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from sse_progress.auth import Role
-from sse_progress.index_watch import MAX_SUBSCRIBERS
+from sse_progress.protocol.tokens import Role
+from sse_progress.server.index_watch import MAX_SUBSCRIBERS
 
 from .conftest import LiveServer
 

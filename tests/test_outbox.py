@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from sse_progress import AsyncProgressTracker, ProgressTracker
-from sse_progress.auth import TokenAuthority
-from sse_progress.outbox import RetrySchedule
+from sse_progress.protocol.tokens import TokenAuthority
+from sse_progress.publisher.outbox import RetrySchedule
 
 from .clients import Received, follow
 from .conftest import ROOT, LiveServer, RedisServer
@@ -116,7 +116,7 @@ def test_a_retried_flush_stores_nothing_twice(own_redis: RedisServer, tmp_path: 
 CRASHING_JOB = """
 import os, signal, sys
 from sse_progress import ProgressTracker
-from sse_progress.outbox import RetrySchedule
+from sse_progress.publisher.outbox import RetrySchedule
 tracker = ProgressTracker(9, sys.argv[1], redis_url=sys.argv[2], json_dir=sys.argv[3], retry=RetrySchedule(0, 0))
 for etapa in (1, 2, 3):
     tracker.update_progress(etapa, f"Tela {etapa}")
@@ -263,7 +263,7 @@ def test_events_refused_for_the_token_during_a_resend_stay_on_disk(
         live.env["SSE_PROGRESS_SECRET"] = live.secret = "rotated-" + live.secret
         live.tokens = TokenAuthority((live.secret,))
         live.start()
-        with caplog.at_level(logging.ERROR, "sse_progress.tracker"):
+        with caplog.at_level(logging.ERROR, "sse_progress.publisher.tracker"):
             tracker.update_progress(4, "Tela 4")  # resends 2 and 3 first: refused
             tracker.close()
         assert_kept_and_reported(tmp_path, caplog, 401, [2, 3, 4])
@@ -277,7 +277,7 @@ def test_events_refused_for_a_token_without_the_right_stay_on_disk(
 ) -> None:
     """A subscribe token cannot publish (403): each attempt, resends included, keeps every event on disk."""
     reader = server.token(session_id, "subscribe")
-    with caplog.at_level(logging.ERROR, "sse_progress.tracker"):
+    with caplog.at_level(logging.ERROR, "sse_progress.publisher.tracker"):
         tracker = ProgressTracker(9, session_id, "http", base_url=server.url, token=reader, json_dir=tmp_path,
                                   retry=RETRY_AT_ONCE)  # fmt: skip
         for etapa in (1, 2, 3):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sse_progress.auth import Role
+from sse_progress.protocol.tokens import Role
 
 from .conftest import LiveServer
 

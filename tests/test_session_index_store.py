@@ -14,11 +14,11 @@ import redis
 from redis.crc import key_slot
 
 from sse_progress.engines.memory import MemoryEngine
-from sse_progress.engines.redis import RedisEngine
-from sse_progress.engines.redis_cluster import RedisClusterEngine
-from sse_progress.events import EventDraft
-from sse_progress.session_index import StallRule, list_sessions
-from sse_progress.sinks import RedisSink
+from sse_progress.engines.redis.cluster import RedisClusterEngine
+from sse_progress.engines.redis.engine import RedisEngine
+from sse_progress.protocol.events import EventDraft
+from sse_progress.protocol.session_index import StallRule, list_sessions
+from sse_progress.publisher.sinks import RedisSink
 
 from .conftest import RedisClusterNodes, RedisServer, session_id_on_shard
 

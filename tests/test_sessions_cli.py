@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sse_progress.auth import Role
+from sse_progress.protocol.tokens import Role
 
 from .conftest import ROOT, SECRET, LiveServer, free_port
 

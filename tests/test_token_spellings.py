@@ -13,7 +13,7 @@ import httpx
 import pytest
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from sse_progress.auth import SALT, Role, TokenAuthority
+from sse_progress.protocol.tokens import SALT, Role, TokenAuthority
 
 from .conftest import SECRET, LiveServer
 

@@ -14,7 +14,7 @@ import redis
 
 from sse_progress import AsyncProgressTracker, ProgressTracker
 from sse_progress.engines import MemoryEngine
-from sse_progress.outbox import RetrySchedule
+from sse_progress.publisher.outbox import RetrySchedule
 
 from .conftest import LiveServer
 
@@ -139,7 +139,7 @@ def test_close_tries_the_outbox_once_more_and_says_how_many_events_remain(
     tracker.update_progress(2, "Tela 2")
     tracker.fail("quebrou")
     assert tracker.outbox is not None and len(tracker.outbox) == 3
-    with caplog.at_level(logging.WARNING, "sse_progress.tracker"):
+    with caplog.at_level(logging.WARNING, "sse_progress.publisher.tracker"):
         tracker.close()
     assert any("3 events remain" in record.getMessage() for record in caplog.records)
     [outbox] = tmp_path.glob(f"progress_{session_id}.*.outbox.jsonl")  # kept for the next tracker of the session

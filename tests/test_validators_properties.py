@@ -21,9 +21,8 @@ from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 from starlette.requests import Request
 
-from sse_progress.auth import ANY_SESSION, COOKIE_NAME, SALT, Role, TokenAuthority, token_from
-from sse_progress.errors import ApiError
-from sse_progress.events import (
+from sse_progress.protocol.errors import ApiError
+from sse_progress.protocol.events import (
     MAX_STEP,
     STATUSES,
     EventDraft,
@@ -33,7 +32,9 @@ from sse_progress.events import (
     is_valid_session_id,
     parse_event_id,
 )
-from sse_progress.transports.publish import draft_from_body
+from sse_progress.protocol.tokens import ANY_SESSION, COOKIE_NAME, SALT, Role, TokenAuthority
+from sse_progress.server.auth import token_from
+from sse_progress.server.routes.publish import draft_from_body
 
 MAX_ID_PART = 2**64 - 1
 SESSION_ALPHABET = string.ascii_letters + string.digits + "_-"

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from sse_progress import ProgressTracker
-from sse_progress.watch import WatchOptions, describe, format_eta, watch
+from sse_progress.follower.watch import WatchOptions, describe, format_eta, watch
 
 from .conftest import LiveServer
 

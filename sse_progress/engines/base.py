@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import EventDraft, EventId
-from ..session_index import SessionIndex
+from sse_progress.protocol.events import EventDraft, EventId
+from sse_progress.protocol.session_index import SessionIndex
 
 
 class SessionTerminal(Exception):

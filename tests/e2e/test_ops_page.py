@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from web_support import Console
 
-from sse_progress.auth import Role
+from sse_progress.protocol.tokens import Role
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.e2e
