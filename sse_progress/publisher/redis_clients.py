@@ -18,10 +18,9 @@ import redis.cluster
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.exceptions import RedisClusterException
 
-from sse_progress.engines.redis.cluster import CLUSTER_PUBLISH_SCRIPT
 from sse_progress.engines.redis.cluster_url import is_cluster_url, node_url
-from sse_progress.engines.redis.engine import PUBLISH_SCRIPT
 from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, index_arguments
+from sse_progress.engines.redis.scripts import CLUSTER_PUBLISH_SCRIPT, PUBLISH_SCRIPT
 
 ScriptArguments = Sequence[Any]
 

@@ -18,7 +18,7 @@ import redis
 from redis.exceptions import RedisError
 
 from sse_progress.engines import Engine, MemoryEngine, SessionTerminal
-from sse_progress.engines.redis.engine import RedisKeys, connection_options, publish_arguments, published_outcome
+from sse_progress.engines.redis.scripts import RedisKeys, connection_options, publish_arguments, published_outcome
 from sse_progress.protocol.events import EventDraft
 from sse_progress.protocol.legacy import LEGACY_TTL_SECONDS, LegacyKeys, legacy_json
 from sse_progress.publisher.redis_clients import async_client_for, publish_script_for, sync_client_for

@@ -34,8 +34,9 @@ from redis.retry import Retry
 from sse_progress.config import ConfigError, Settings
 from sse_progress.engines import EngineUnavailable, SessionTerminal
 from sse_progress.engines.redis.cluster_url import is_cluster_url
-from sse_progress.engines.redis.engine import RedisEngine, connection_options
+from sse_progress.engines.redis.engine import RedisEngine
 from sse_progress.engines.redis.feed import next_message
+from sse_progress.engines.redis.scripts import connection_options
 from sse_progress.exits import EXIT_CONFIG, EXIT_OK
 from sse_progress.protocol.events import InvalidEvent
 from sse_progress.protocol.legacy import (

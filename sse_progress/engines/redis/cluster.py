@@ -24,30 +24,19 @@ from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredEr
 from sse_progress.engines.base import EngineUnavailable, Feed, MessageHandler, Published, ResyncHandler, SessionView
 from sse_progress.engines.redis.cluster_feed import RedisClusterFeed
 from sse_progress.engines.redis.cluster_url import node_url
-from sse_progress.engines.redis.engine import (
+from sse_progress.engines.redis.engine import RedisEngine, raise_if_full
+from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, RedisIndex, index_arguments
+from sse_progress.engines.redis.scripts import (
+    CLUSTER_PUBLISH_SCRIPT,
     READ_SCRIPT,
-    SESSION_PUBLISH_SCRIPT,
-    RedisEngine,
     RedisKeys,
     connection_options,
     publish_arguments,
     published_outcome,
-    raise_if_full,
 )
-from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, RedisIndex, index_arguments
 from sse_progress.protocol.events import EventDraft, EventId
 
 UNAVAILABLE = (RedisError, RedisClusterException)
-
-
-def _sharded(script: str) -> str:
-    announcement = "redis.call('PUBLISH', channel, envelope)"
-    if script.count(announcement) != 1:
-        raise RuntimeError("the publish script no longer announces with exactly one PUBLISH; update the cluster one")
-    return script.replace(announcement, "redis.call('SPUBLISH', channel, envelope)")
-
-
-CLUSTER_PUBLISH_SCRIPT = _sharded(SESSION_PUBLISH_SCRIPT)
 
 
 class ClusterTopology:

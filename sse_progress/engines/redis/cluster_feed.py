@@ -35,7 +35,7 @@ from sse_progress.engines.redis.cluster_url import node_url
 from sse_progress.engines.redis.feed import backoff, next_message, stop_reader
 
 if TYPE_CHECKING:
-    from sse_progress.engines.redis.engine import RedisKeys
+    from sse_progress.engines.redis.scripts import RedisKeys
 
 log = logging.getLogger("sse_progress.feed")
 

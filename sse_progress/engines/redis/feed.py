@@ -24,7 +24,7 @@ from redis.retry import Retry
 from sse_progress.engines.base import Feed, MessageHandler, ResyncHandler
 
 if TYPE_CHECKING:
-    from sse_progress.engines.redis.engine import RedisKeys
+    from sse_progress.engines.redis.scripts import RedisKeys
 
 log = logging.getLogger("sse_progress.feed")
 
