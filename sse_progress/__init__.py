@@ -3,4 +3,4 @@
 from sse_progress.publisher.tracker import AsyncProgressTracker, ProgressTracker, add_progress_arguments
 
 __all__ = ["AsyncProgressTracker", "ProgressTracker", "add_progress_arguments"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

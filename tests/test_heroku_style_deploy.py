@@ -109,7 +109,8 @@ def slug() -> Iterator[Path]:
 
 
 def test_the_files_a_platform_reads_are_there_and_agree() -> None:
-    assert (ROOT / "requirements.txt").read_text().splitlines()[-1] == ".", "requirements.txt must install the project"
+    last = (ROOT / "requirements.txt").read_text().splitlines()[-1]
+    assert last == ".[server]", "requirements.txt must install the project with its server extra"
     version = (ROOT / ".python-version").read_text().strip()
     assert re.fullmatch(r"3\.\d+", version), version
     manifest = json.loads((ROOT / "app.json").read_text())
