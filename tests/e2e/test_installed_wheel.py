@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, expect
-from web_support import WAIT_MS, free_port
+from web_support import WAIT_MS
 
-from tests.source_tree import copy_source_tree
+from tests.support.processes import free_port
+from tests.support.source_tree import copy_source_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_FILES = sorted(path.name for path in (ROOT / "sse_progress" / "web").iterdir() if path.is_file())

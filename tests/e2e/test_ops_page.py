@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 from web_support import Console
 
 from sse_progress.protocol.tokens import Role
-from tests.conftest import LiveServer
+from tests.support.processes import LiveServer
 
 pytestmark = pytest.mark.e2e
 
