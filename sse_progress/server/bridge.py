@@ -158,7 +158,7 @@ class Bridge:
             if rescans is not None:
                 rescans.cancel()
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     async def _enable_notifications(self) -> bool:
         """Whether SETs of legacy keys are announced; turns the needed flags on where CONFIG is allowed."""

@@ -36,7 +36,7 @@ class HeaderDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
     _header_deadline: asyncio.TimerHandle | None = None
     _awaited_after: object = None  # the request being served when the deadline was set (None: none yet)
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self._set_header_deadline()
 

@@ -239,7 +239,7 @@ class ShardSubscription:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.connect()
+                await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
                 carried = self._take_over_waiters()
                 self._pubsub = pubsub
                 self.connected = True  # from here on, a new session sends its own SSUBSCRIBE
@@ -278,7 +278,7 @@ class ShardSubscription:
                 self.connected = False
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     def _take_over_waiters(self) -> list[str]:
         """The sessions to subscribe on a new connection, each with one group: every waiter of that session."""

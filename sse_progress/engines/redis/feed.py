@@ -131,7 +131,7 @@ class RedisFeed(Feed):
                 self.connected = False
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     def _take_over_waiters(self) -> None:
         """On a new connection, one SUBSCRIBE per wanted session serves all its waiters: one group each.
@@ -173,7 +173,7 @@ class RedisFeed(Feed):
 
 def backoff(failures: int) -> float:
     """Seconds before reconnection attempt ``failures``: exponential, capped, jittered."""
-    return min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures) * (0.5 + random.random() / 2)
+    return min(MAX_BACKOFF_SECONDS, 0.1 * 2.0**failures) * (0.5 + random.random() / 2)
 
 
 async def stop_reader(
@@ -195,7 +195,7 @@ async def next_message(pubsub: PubSub, what: str) -> dict[str, Any]:
     TCP alone may take many minutes to notice."""
     waiting_for_pong = False
     while True:
-        message = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
+        message: dict[str, Any] | None = await pubsub.get_message(timeout=IDLE_PING_SECONDS)
         if message is not None:
             return message
         if waiting_for_pong:
