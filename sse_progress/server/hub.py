@@ -87,8 +87,6 @@ class Listener:
         self.closing = True
         self._wake()
 
-    set = shut_down  # sse-starlette signals shutdown by calling set() on the response's "event"
-
     def resync(self) -> None:
         self.needs_resync = True
         self._wake()

@@ -3,7 +3,7 @@
 Order matters: subscribe first, then read the history, then send only live frames newer than the last frame
 sent. An event published during the connect is therefore in the history, in the live buffer, or both, and is
 sent exactly once. A live frame that is not newer is checked against the store rather than dropped: it may
-mean the store's ids went backwards (see ``SessionStream._resync``).
+mean the store's ids went backwards (see ``SessionCursor._resync``).
 
 When the store no longer holds the history a client resumes from, the client gets a ``reset`` frame: at once
 with the snapshot if there is one, else with the first event that arrives.
@@ -82,10 +82,10 @@ async def plan_replay(read: Reader, session_id: str, resume: str | None) -> Repl
     ``read`` is ``Engine.read``, or ``Hub.read_session`` to share the read with identical requests."""
     after = resume_point(resume)
     view = await read(session_id, after if isinstance(after, tuple) else None)
-    return plan(view, after)
+    return plan_from_view(view, after)
 
 
-def plan(view: SessionView, after: EventId | str | None) -> Replay:
+def plan_from_view(view: SessionView, after: EventId | str | None) -> Replay:
     """What a client resuming after ``after`` (see ``resume_point``) gets, given what the engine holds."""
     if view.snapshot is None:
         if view.expired:
@@ -116,7 +116,7 @@ def _reset(envelope: bytes) -> Replay:
     return Replay([reset], reset.id)
 
 
-class SessionStream:
+class SessionCursor:
     """A client's stream: the replayed frames, then live frames in batches, ending after the terminal one."""
 
     def __init__(self, engine: Engine, listener: Listener, replay: Replay) -> None:
@@ -128,7 +128,7 @@ class SessionStream:
         self.status: str | None = replay.frames[-1].status if replay.frames else None
 
     @classmethod
-    async def open(cls, hub: Hub, session_id: str, resume: str | None, transport: str) -> SessionStream:
+    async def open(cls, hub: Hub, session_id: str, resume: str | None, transport: str) -> SessionCursor:
         listener = await hub.listen(session_id, transport)
         try:
             # Shared with the clients that asked for the same read before it started (a reconnect storm).

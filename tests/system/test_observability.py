@@ -231,12 +231,16 @@ async def test_stats_answer_admins_only_and_name_no_session_to_anyone_else(
     assert response.status_code == 200
     stats = response.json()
     # The figures, plus the admin-only connection count per session id that ops tooling reads.
-    assert set(stats) == {"total_sessions", "total_connections", "connections_by_transport", "redis", "sessions"}
+    assert set(stats) == {
+        "total_sessions", "total_connections", "connections_by_transport", "engine", "redis", "sessions"
+    }  # fmt: skip
     assert stats["total_sessions"] == 1
     assert stats["total_connections"] == 1
     assert stats["connections_by_transport"] == {"sse": 1}
     assert stats["sessions"] == {session_id: 1}
-    figures = stats["redis"]
+    assert stats["engine"].pop("name") == "redis"
+    figures = stats["engine"]
+    assert stats["redis"] == figures  # the older name of the same figures
     assert set(figures) == REDIS_FIGURES
     assert all(isinstance(figures[name], int) and figures[name] >= 0 for name in REDIS_FIGURES)
     assert figures["connected_clients"] >= 2  # at least the server's command and Pub/Sub connections
@@ -559,3 +563,11 @@ async def test_json_log_keeps_one_record_per_line_whatever_the_request_carries(
     wait_until(lambda: opened_stream_lines(json_log_server, session_id), 10, "the opened line")
     [opened] = opened_stream_lines(json_log_server, session_id)  # every line parsed as JSON on its own
     assert opened["resume"] == resume
+
+
+def test_stats_on_the_memory_engine_names_it_and_has_no_redis_key(memory_server: LiveServer) -> None:
+    response = httpx.get(f"{memory_server.url}/stats", params={"token": memory_server.token("*", "admin")})
+    assert response.status_code == 200, response.text
+    stats = response.json()
+    assert "redis" not in stats
+    assert stats["engine"]["name"] == "memory" and stats["engine"]["sessions"] >= 0

@@ -9,7 +9,7 @@ import pytest
 
 from sse_progress.engines import MemoryEngine, SessionView
 from sse_progress.protocol.events import ZERO_ID, EventDraft, EventId, format_event_id
-from sse_progress.server.replay import AlreadyFinished, SessionExpired, plan, plan_replay, resume_point
+from sse_progress.server.replay import AlreadyFinished, SessionExpired, plan_from_view, plan_replay, resume_point
 
 SESSION = "plan"
 
@@ -39,39 +39,39 @@ def test_resume_point_reads_every_spelling(resume: str | None, point: object) ->
 
 def test_nothing_stored_and_the_resume_id_outlived_the_ttl_is_expired() -> None:
     with pytest.raises(SessionExpired):
-        plan(SessionView(snapshot=None, expired=True), (1, 0))
+        plan_from_view(SessionView(snapshot=None, expired=True), (1, 0))
 
 
 def test_nothing_stored_for_a_new_client_waits_for_the_first_event() -> None:
-    replay = plan(SessionView(snapshot=None), None)
+    replay = plan_from_view(SessionView(snapshot=None), None)
     assert (replay.frames, replay.last_id, replay.reset_next) == ([], None, False)
 
 
 def test_nothing_stored_for_earliest_waits_without_a_reset() -> None:
-    replay = plan(SessionView(snapshot=None), ZERO_ID)
+    replay = plan_from_view(SessionView(snapshot=None), ZERO_ID)
     assert (replay.frames, replay.last_id, replay.reset_next) == ([], None, False)
 
 
 def test_nothing_stored_for_a_client_holding_an_event_resets_on_the_next_one() -> None:
-    replay = plan(SessionView(snapshot=None), (5, 0))
+    replay = plan_from_view(SessionView(snapshot=None), (5, 0))
     assert (replay.frames, replay.last_id, replay.reset_next) == ([], (5, 0), True)
 
 
 def test_nothing_stored_for_an_unreadable_resume_id_resets_on_the_next_one() -> None:
-    replay = plan(SessionView(snapshot=None), "invalid")
+    replay = plan_from_view(SessionView(snapshot=None), "invalid")
     assert (replay.frames, replay.last_id, replay.reset_next) == ([], None, True)
 
 
 def test_a_new_client_gets_the_snapshot() -> None:
     _first, second = envelopes(["running", "running"])
-    replay = plan(SessionView(snapshot=second), None)
+    replay = plan_from_view(SessionView(snapshot=second), None)
     assert [frame.kind for frame in replay.frames] == ["snapshot"]
     assert replay.last_id == id_of(second) and not replay.finished
 
 
 def test_an_unreadable_resume_id_gets_a_reset_to_the_snapshot() -> None:
     (only,) = envelopes(["running"])
-    replay = plan(SessionView(snapshot=only), "invalid")
+    replay = plan_from_view(SessionView(snapshot=only), "invalid")
     assert [frame.kind for frame in replay.frames] == ["reset"] and replay.last_id == id_of(only)
 
 
@@ -80,46 +80,46 @@ def test_a_client_at_or_past_the_terminal_event_is_already_finished(at_or_after:
     _running, done = envelopes(["running", "success"])
     ms, seq = id_of(done)
     with pytest.raises(AlreadyFinished) as finished:
-        plan(SessionView(snapshot=done), (ms, seq + at_or_after))
+        plan_from_view(SessionView(snapshot=done), (ms, seq + at_or_after))
     assert finished.value.terminal.status == "success"
 
 
 def test_a_resume_id_newer_than_anything_stored_gets_a_reset() -> None:
     (only,) = envelopes(["running"])
     ms, _ = id_of(only)
-    replay = plan(SessionView(snapshot=only), (ms + 60_000, 0))
+    replay = plan_from_view(SessionView(snapshot=only), (ms + 60_000, 0))
     assert [frame.kind for frame in replay.frames] == ["reset"]
 
 
 def test_history_trimmed_past_the_resume_id_gets_a_reset() -> None:
     first, _second, third = envelopes(["running", "running", "running"])
-    replay = plan(SessionView(snapshot=third, events=[third], gap=True), id_of(first))
+    replay = plan_from_view(SessionView(snapshot=third, events=[third], gap=True), id_of(first))
     assert [frame.kind for frame in replay.frames] == ["reset"] and replay.last_id == id_of(third)
 
 
 def test_earliest_with_a_gap_and_nothing_retained_gets_a_reset() -> None:
     (only,) = envelopes(["running"])
-    replay = plan(SessionView(snapshot=only, events=[], gap=True), ZERO_ID)
+    replay = plan_from_view(SessionView(snapshot=only, events=[], gap=True), ZERO_ID)
     assert [frame.kind for frame in replay.frames] == ["reset"]
 
 
 def test_earliest_with_a_gap_replays_what_is_retained() -> None:
     _first, second, third = envelopes(["running", "running", "success"])
-    replay = plan(SessionView(snapshot=third, events=[second, third], gap=True), ZERO_ID)
+    replay = plan_from_view(SessionView(snapshot=third, events=[second, third], gap=True), ZERO_ID)
     assert [frame.id for frame in replay.frames] == [id_of(second), id_of(third)]
     assert replay.finished and replay.last_id == id_of(third)
 
 
 def test_a_client_behind_gets_the_events_after_its_id() -> None:
     first, second, third = envelopes(["running", "running", "running"])
-    replay = plan(SessionView(snapshot=third, events=[second, third]), id_of(first))
+    replay = plan_from_view(SessionView(snapshot=third, events=[second, third]), id_of(first))
     assert [frame.kind for frame in replay.frames] == ["progress_update", "progress_update"]
     assert replay.last_id == id_of(third) and not replay.reset_next
 
 
 def test_a_client_up_to_date_gets_nothing_and_keeps_its_id() -> None:
     _first, second = envelopes(["running", "running"])
-    replay = plan(SessionView(snapshot=second, events=[]), id_of(second))
+    replay = plan_from_view(SessionView(snapshot=second, events=[]), id_of(second))
     assert replay.frames == [] and replay.last_id == id_of(second)
 
 

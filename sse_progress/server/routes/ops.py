@@ -113,7 +113,7 @@ async def stats(request: Request) -> Response:
           application/json:
             schema:
               type: object
-              required: [total_sessions, total_connections, connections_by_transport, redis]
+              required: [total_sessions, total_connections, connections_by_transport, engine]
               properties:
                 total_sessions:
                   type: integer
@@ -130,8 +130,17 @@ async def stats(request: Request) -> Response:
                   description: connections per session id with open connections
                   additionalProperties:
                     type: integer
+                engine:
+                  type: object
+                  description: the engine's name (memory, redis, redis-cluster) and its figures
+                  required: [name]
+                  properties:
+                    name:
+                      type: string
                 redis:
                   type: object
+                  deprecated: true
+                  description: the engine's figures, on the Redis engines only (read engine instead)
       "401":
         $ref: "#/components/responses/Unauthorized"
       "403":
@@ -142,12 +151,14 @@ async def stats(request: Request) -> Response:
     service = Service.of(request)
     service.authorize(request, "*", Role.ADMIN)
     hub = service.hub
-    return JSONResponse(
-        {
-            "total_sessions": len(hub.session_ids),
-            "total_connections": hub.connections(),
-            "connections_by_transport": hub.connections_by_transport(),
-            "sessions": {session_id: hub.connections(session_id) for session_id in hub.session_ids},
-            "redis": await service.engine.stats(),
-        }
-    )
+    figures = await service.engine.stats()
+    stats = {
+        "total_sessions": len(hub.session_ids),
+        "total_connections": hub.connections(),
+        "connections_by_transport": hub.connections_by_transport(),
+        "sessions": {session_id: hub.connections(session_id) for session_id in hub.session_ids},
+        "engine": {"name": service.engine.name, **figures},
+    }
+    if service.engine.name.startswith("redis"):
+        stats["redis"] = figures  # the key's older name, kept for the dashboards that read it
+    return JSONResponse(stats)

@@ -8,7 +8,7 @@ from sse_progress.server.logs import log_connection_closed, log_connection_opene
 from sse_progress.server.metrics import METRICS
 
 
-class OpenConnection:
+class ConnectionRecord:
     """Counts a stream as open and logs it; ``closed()`` undoes the count and logs how it went."""
 
     __slots__ = ("sent", "session_id", "started", "transport")

@@ -1,6 +1,6 @@
 """Server-Sent Events: streaming, and poll mode (answer at once and close; the browser's reconnect polls).
 
-The stream is written by ``EventStream``, a small ASGI response: after the headers it writes pre-encoded
+The stream is written by ``SseResponse``, a small ASGI response: after the headers it writes pre-encoded
 frames straight to the server's ``send`` (the app routes streams past its middleware), one write per
 wake-up, with no timer or wrapper per connection and one extra task that notices the client leaving. The
 hub's single timer sends the heartbeats, aborts writes to clients that stopped reading, and ends every stream
@@ -38,13 +38,13 @@ from sse_progress.server.metrics import METRICS
 from sse_progress.server.replay import (
     AlreadyFinished,
     ServerClosing,
+    SessionCursor,
     SessionExpired,
-    SessionStream,
     SlowConsumer,
     plan_replay,
 )
 from sse_progress.server.service import Service
-from sse_progress.server.transports.connection import OpenConnection
+from sse_progress.server.transports.connection import ConnectionRecord
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
 EVENT_STREAM_RAW_HEADERS = [
@@ -110,18 +110,18 @@ async def events(request: Request) -> Response:
     service.admit_connection()
     resume = resume_id(request)
     try:
-        stream = await SessionStream.open(service.hub, session_id, resume, "sse")
+        stream = await SessionCursor.open(service.hub, session_id, resume, "sse")
     except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service, resume)
-    return EventStream(stream, service.settings.retry_ms, resume)
+    return SseResponse(stream, service.settings.retry_ms, resume)
 
 
-class EventStream(Response):
+class SseResponse(Response):
     """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
 
-    def __init__(self, stream: SessionStream, retry_ms: int, resume: str | None) -> None:
+    def __init__(self, stream: SessionCursor, retry_ms: int, resume: str | None) -> None:
         # Not Response.__init__: it would announce a Content-Length for the empty body.
         self.status_code = 200
         self.background = None
@@ -134,7 +134,7 @@ class EventStream(Response):
         listener = self.stream.listener
         listener.task = asyncio.current_task()
         watcher = asyncio.ensure_future(_notice_departure(receive, listener))
-        connection = OpenConnection(listener.session_id, "sse", self.resume)
+        connection = ConnectionRecord(listener.session_id, "sse", self.resume)
         reason = "client left"
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -156,7 +156,7 @@ class EventStream(Response):
             connection.closed(reason)
 
 
-async def _deliver(stream: SessionStream, send: Send, connection: OpenConnection) -> str:
+async def _deliver(stream: SessionCursor, send: Send, connection: ConnectionRecord) -> str:
     """Writes every batch, counting the events sent on ``connection``; returns why the stream ended."""
     listener = stream.listener
     delivered = METRICS.events_delivered.labels("sse")
@@ -207,21 +207,29 @@ async def _notice_departure(receive: Receive, listener: Listener) -> None:
     listener.left()
 
 
-def _sse_starlette_response(stream: SessionStream, service: Service, resume: str | None) -> Response:
+def _sse_starlette_response(stream: SessionCursor, service: Service, resume: str | None) -> Response:
     return EventSourceResponse(
         _sse_starlette_body(stream, service.settings.retry_ms, resume),
         headers=STREAM_HEADERS,
         ping=service.settings.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
         sep="\n",
-        # sse-starlette calls set() on this at shutdown: the listener wakes and the stream says goodbye.
-        shutdown_event=stream.listener,  # type: ignore[arg-type]
+        shutdown_event=_ShutdownSignal(stream.listener),  # type: ignore[arg-type]
         shutdown_grace_period=2.0,
     )
 
 
-async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str | None) -> AsyncIterator[bytes]:
-    connection = OpenConnection(stream.listener.session_id, "sse", resume)
+class _ShutdownSignal:
+    """What sse-starlette calls ``set()`` on at shutdown: the listener wakes and the stream says goodbye."""
+
+    __slots__ = ("set",)
+
+    def __init__(self, listener: Listener) -> None:
+        self.set = listener.shut_down
+
+
+async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str | None) -> AsyncIterator[bytes]:
+    connection = ConnectionRecord(stream.listener.session_id, "sse", resume)
     delivered = METRICS.events_delivered.labels("sse")
     reason = "client left"
     try:

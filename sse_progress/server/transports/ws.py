@@ -16,9 +16,9 @@ from sse_progress.protocol.events import format_event_id, now_iso
 from sse_progress.protocol.frames import Frame
 from sse_progress.protocol.tokens import Role
 from sse_progress.server.metrics import METRICS
-from sse_progress.server.replay import AlreadyFinished, ServerClosing, SessionExpired, SessionStream, SlowConsumer
+from sse_progress.server.replay import AlreadyFinished, ServerClosing, SessionCursor, SessionExpired, SlowConsumer
 from sse_progress.server.service import Service
-from sse_progress.server.transports.connection import OpenConnection
+from sse_progress.server.transports.connection import ConnectionRecord
 
 log = logging.getLogger("sse_progress.connections")
 
@@ -58,7 +58,7 @@ async def session_socket(websocket: WebSocket, render: FrameText = frame_text) -
     await websocket.accept()
     resume = websocket.query_params.get("last_event_id")
     try:
-        stream = await SessionStream.open(service.hub, session_id, resume, "ws")
+        stream = await SessionCursor.open(service.hub, session_id, resume, "ws")
     except AlreadyFinished:
         await _close(websocket, CLOSE_NORMAL, "session already finished")
         return
@@ -82,17 +82,17 @@ async def session_socket(websocket: WebSocket, render: FrameText = frame_text) -
     except DISCONNECTED:
         stream.close()
         return
-    await SocketStream(websocket, service, stream, resume, render).run()
+    await WebSocketConnection(websocket, service, stream, resume, render).run()
 
 
-class SocketStream:
+class WebSocketConnection:
     """One WebSocket client following one session: a task writing frames, a task answering control messages."""
 
     def __init__(
         self,
         websocket: WebSocket,
         service: Service,
-        stream: SessionStream,
+        stream: SessionCursor,
         resume: str | None,
         render: FrameText = frame_text,
     ) -> None:
@@ -100,7 +100,7 @@ class SocketStream:
         self.render = render
         self.service = service
         self.stream = stream
-        self.connection = OpenConnection(stream.listener.session_id, "ws", resume)
+        self.connection = ConnectionRecord(stream.listener.session_id, "ws", resume)
 
     async def run(self) -> None:
         listener = self.stream.listener
@@ -172,7 +172,7 @@ class SocketStream:
             return None, "client left"
 
 
-def _answer(raw: str | bytes, service: Service, stream: SessionStream) -> dict[str, object]:
+def _answer(raw: str | bytes, service: Service, stream: SessionCursor) -> dict[str, object]:
     try:
         request = orjson.loads(raw)
     except orjson.JSONDecodeError:
