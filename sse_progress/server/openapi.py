@@ -4,7 +4,8 @@ Starlette's ``SchemaGenerator`` reads each operation from the YAML after ``---``
 An operation that needs a token says ``security: token``; this module expands it, once for all, into the three
 ways to send one and the 401 and 403 answers. It also holds what the operations share (schemas, parameters,
 responses, security schemes, referenced as ``#/components/...``) and the operations of the endpoints that carry
-no YAML of their own: the SSE stream, the demo page and the static files. The WebSocket route is not HTTP and is described in ``info.description`` only.
+no YAML of their own: the SSE stream, the demo page and the static files. The WebSocket route is not HTTP and
+is described in ``info.description`` only.
 """
 
 from __future__ import annotations
