@@ -28,8 +28,8 @@ from pathlib import Path
 
 import redis
 
-from sse_progress.engines.redis import RedisEngine
-from sse_progress.events import EventDraft
+from sse_progress.engines.redis.engine import RedisEngine
+from sse_progress.protocol.events import EventDraft
 
 from .procs import free_port
 

@@ -26,7 +26,7 @@ from httpx_sse import aconnect_sse
 
 from bench import procs
 from sse_progress import ProgressTracker
-from sse_progress.auth import Role, TokenAuthority
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 PRODUCERS = ("tracker", "bridge-publish", "bridge-set-only")
 

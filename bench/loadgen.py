@@ -37,7 +37,7 @@ from array import array
 from typing import Any
 
 from bench import procs
-from sse_progress.auth import Role, TokenAuthority
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 LINGER_RST = struct.pack("ii", 1, 0)
 
@@ -314,8 +314,8 @@ async def _publish(cfg: dict[str, Any], pipe: Any) -> dict[str, Any]:
                 raise RuntimeError(f"nchan publish answered {status}")
 
     else:
-        from sse_progress.engines.redis import RedisEngine
-        from sse_progress.events import EventDraft
+        from sse_progress.engines.redis.engine import RedisEngine
+        from sse_progress.protocol.events import EventDraft
 
         engine = RedisEngine(cfg["redis_url"], pool_size=tasks_n + 1)
         await engine.ping()

@@ -1,4 +1,6 @@
-"""Process plumbing for the bench: free ports, starting/stopping targets, and figures read from /proc.
+"""Process plumbing for the bench: starting/stopping targets in their own process groups, figures from /proc.
+
+Ports and the repository root come from the test suite's harness (``tests/support/processes.py``).
 
 Everything binds to 127.0.0.1. Servers are started in their own session (process group) so that stopping
 one signals exactly the processes this module started.
@@ -19,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.processes import ROOT, free_port
+
 BENCH = ROOT / "bench"
 PYTHON = sys.executable
 NOFILE = 30000
@@ -39,12 +42,6 @@ def raise_fd_limit(wanted: int = NOFILE) -> int:
 def fd_limit_for_children() -> int:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -214,7 +211,7 @@ def start_sse_progress(redis_url: str, workers: int = 1, env_extra: dict[str, st
     workdir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     launcher = f"{PYTHON} -m uvicorn"
     cmd = (
-        f"{launcher} sse_progress.app:create_app --factory --loop uvloop --http httptools "
+        f"{launcher} sse_progress.server.app:create_app --factory --loop uvloop --http httptools "
         f"--host 127.0.0.1 --port {port} --no-access-log --log-level warning --backlog 4096 "
         f"--timeout-graceful-shutdown 1"
     )

@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # `python bench/push_vs_poll.py`
 
 from bench import procs
 from bench.loadgen import Client, Stats, close_all, connect, percentile, session_path
-from sse_progress.auth import Role, TokenAuthority
+from sse_progress.protocol.tokens import Role, TokenAuthority
 
 RESULTS = procs.BENCH / "results"
 
@@ -56,8 +56,8 @@ def job_publisher(cfg: dict[str, Any], pipe: Any) -> None:
 
 
 async def _run_jobs(cfg: dict[str, Any], pipe: Any) -> dict[str, Any]:
-    from sse_progress.engines.redis import RedisEngine
-    from sse_progress.events import EventDraft
+    from sse_progress.engines.redis.engine import RedisEngine
+    from sse_progress.protocol.events import EventDraft
 
     engine = RedisEngine(cfg["redis_url"], pool_size=8)
     await engine.ping()

@@ -1,6 +1,6 @@
 """sse-progress: live progress of long-running jobs, pushed to browsers, terminals and programs."""
 
-from .tracker import AsyncProgressTracker, ProgressTracker, add_progress_arguments
+from sse_progress.publisher.tracker import AsyncProgressTracker, ProgressTracker, add_progress_arguments
 
 __all__ = ["AsyncProgressTracker", "ProgressTracker", "add_progress_arguments"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -23,27 +23,32 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-import uvicorn
-from starlette.applications import Starlette
 
-from . import sessions_cli
-from .auth import Role, TokenAuthority
-from .bridge import NOTIFY_SETTING, SETTLE_SECONDS, run_bridge
-from .config import ConfigError, Settings
-from .demo import SCREENS, run_simulated_quote
-from .engines import MemoryEngine, SessionTerminal
-from .engines.redis_errors import describe_store_error
-from .events import MAX_STEP, STATUSES, EventDraft, InvalidEvent, is_valid_session_id, parse_event_id
-from .exits import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_STATUSES, EXIT_UNAVAILABLE, EXIT_USAGE
-from .logs import log_config
-from .ports import cannot_listen
-from .sockets import HTTP_PROTOCOL
-from .tracker import new_session_id
+from sse_progress.config import ConfigError, Settings
+from sse_progress.demo import SCREENS, run_simulated_quote
+from sse_progress.engines import MemoryEngine, SessionTerminal
+from sse_progress.engines.redis.errors import describe_store_error
+from sse_progress.exits import EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_STATUSES, EXIT_UNAVAILABLE, EXIT_USAGE
+from sse_progress.follower import sessions as sessions_cli
+from sse_progress.ports import cannot_listen
+from sse_progress.protocol.events import (
+    MAX_STEP,
+    STATUSES,
+    EventDraft,
+    InvalidEvent,
+    is_valid_session_id,
+    parse_event_id,
+)
+from sse_progress.protocol.legacy import NOTIFY_SETTING, SETTLE_SECONDS
+from sse_progress.protocol.tokens import Role, TokenAuthority
+from sse_progress.publisher.tracker import new_session_id
 
-APP_FACTORY = "sse_progress.app:create_app"
+APP_FACTORY = "sse_progress.server.app:create_app"
 EXAMPLES_ROOT = Path(__file__).resolve().parent.parent
 RPA_JOB = EXAMPLES_ROOT / "examples" / "rpa_quote" / "job.py"
 RPA_CHROMIUM = os.environ.get("SSE_PROGRESS_CHROMIUM") or "/usr/bin/chromium"
+# What `pip install 'sse-progress[server]'` adds; serve, demo and bridge need them, the rest of the CLI does not.
+SERVER_MODULES = ("starlette", "uvicorn", "sse_starlette", "prometheus_client")
 
 WATCH_EXIT_STATUSES = """exit status (the session's end, for scripts):
   0 success
@@ -162,7 +167,35 @@ def display_url(url: str | None) -> str:
 # ------------------------------------------------------------------------------------------------- commands
 
 
+def server_missing() -> str | None:
+    """One line naming what to install when the server extra is absent; None when it is installed."""
+    missing = [name for name in SERVER_MODULES if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"this command runs the server, which is not installed ({', '.join(missing)} missing): " + (
+        "pip install 'sse-progress[server]'"
+    )
+
+
+def needs_server(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` exits 69 with one line saying what to install when the server extra is absent."""
+
+    def checked(args: argparse.Namespace) -> int:
+        if missing := server_missing():
+            return _fail(EXIT_UNAVAILABLE, missing)
+        return command(args)
+
+    checked.__name__ = command.__name__
+    return checked
+
+
+@needs_server
 def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sse_progress.server.logs import log_config
+    from sse_progress.server.sockets import HTTP_PROTOCOL
+
     if args.redis_url:
         os.environ["REDIS_URL"] = args.redis_url
     if args.insecure:
@@ -217,8 +250,12 @@ def _rpa_missing() -> str | None:
     return None
 
 
+@needs_server
 def demo(args: argparse.Namespace) -> int:
-    from .app import create_app
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from sse_progress.server.app import create_app
 
     if args.rpa and (missing := _rpa_missing()):
         return _fail(EXIT_UNAVAILABLE, missing)
@@ -322,7 +359,7 @@ def publish(args: argparse.Namespace) -> int:
     import httpx
     import redis.exceptions
 
-    from .sinks import HttpPublishError, HttpSink, RedisSink
+    from sse_progress.publisher.sinks import HttpPublishError, HttpSink, RedisSink
 
     try:
         draft = EventDraft(
@@ -362,8 +399,15 @@ def publish(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@needs_server
+def bridge(args: argparse.Namespace) -> int:
+    from sse_progress.server.bridge import run_bridge
+
+    return run_bridge(args)
+
+
 def watch(args: argparse.Namespace) -> int:
-    from .watch import run
+    from sse_progress.follower.watch import run
 
     return run(args)
 
@@ -455,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     p = _command(
-        commands, "bridge", run_bridge, epilog=EXIT_STATUSES,
+        commands, "bridge", bridge, epilog=EXIT_STATUSES,
         help="turn the older system's unbraced Redis writes into events",
     )  # fmt: skip
     p.add_argument("--redis-url", default=None, help="default: $REDIS_URL (one Redis; not a cluster)")

@@ -1,4 +1,8 @@
-"""Settings, read once from the environment (every name is listed in the README's configuration table)."""
+"""Settings, read once from the environment (every name is listed in the README's configuration table).
+
+``StoreSettings`` is the part a job's tracker reads: where the store is and how it keeps events. A tracker never
+parses the server's own settings, so a server setting a job cannot use never breaks the job.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +65,29 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    redis_url: str | None = None
+    prefix: str = "rpa"
+    ttl: int = 86400
+    history: int = 1000
+    redis_verify_tls: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StoreSettings:
+        env = os.environ if env is None else env
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            prefix=env.get("SSE_PROGRESS_PREFIX") or "rpa",
+            ttl=_int(env, "SSE_PROGRESS_TTL", 86400, minimum=1),
+            history=_int(env, "SSE_PROGRESS_HISTORY", 1000, minimum=1),
+            redis_verify_tls=_bool(env, "SSE_PROGRESS_REDIS_TLS_VERIFY", True),
+        )
+
+    def with_overrides(self, **changes: object) -> StoreSettings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Settings:
     redis_url: str | None = None
     secrets: tuple[str, ...] = ()
@@ -88,19 +115,20 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        store = StoreSettings.from_env(env)
         return cls(
-            redis_url=env.get("REDIS_URL") or None,
+            redis_url=store.redis_url,
             secrets=_list(env, "SSE_PROGRESS_SECRET"),
             insecure=_bool(env, "SSE_PROGRESS_INSECURE", False),
-            prefix=env.get("SSE_PROGRESS_PREFIX") or "rpa",
-            ttl=_int(env, "SSE_PROGRESS_TTL", 86400, minimum=1),
-            history=_int(env, "SSE_PROGRESS_HISTORY", 1000, minimum=1),
+            prefix=store.prefix,
+            ttl=store.ttl,
+            history=store.history,
             heartbeat=_float(env, "SSE_PROGRESS_HEARTBEAT", 15.0, minimum=0.05),
             retry_ms=_int(env, "SSE_PROGRESS_RETRY_MS", 3000, minimum=0),
             poll_ms=_int(env, "SSE_PROGRESS_POLL_MS", 2000, minimum=100),
             cors_origins=_list(env, "SSE_PROGRESS_CORS_ORIGINS"),
             redis_pool_size=_int(env, "SSE_PROGRESS_REDIS_POOL", 2, minimum=1),
-            redis_verify_tls=_bool(env, "SSE_PROGRESS_REDIS_TLS_VERIFY", True),
+            redis_verify_tls=store.redis_verify_tls,
             buffer_events=_int(env, "SSE_PROGRESS_BUFFER_EVENTS", 256, minimum=1),
             buffer_bytes=_int(env, "SSE_PROGRESS_BUFFER_BYTES", 1 << 20, minimum=1024),
             max_connections=_int(env, "SSE_PROGRESS_MAX_CONNECTIONS", 20000, minimum=1),

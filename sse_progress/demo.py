@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
-from .engines import Engine
-from .tracker import AsyncProgressTracker
+from sse_progress.engines import Engine
+from sse_progress.publisher.tracker import AsyncProgressTracker
 
 SCREENS = (
     "Abrindo o site da seguradora",

@@ -6,8 +6,8 @@ Cluster, ``memory://`` (or nothing) for the embedded engine.
 
 from __future__ import annotations
 
-from ..config import Settings
-from .base import (
+from sse_progress.config import Settings
+from sse_progress.engines.base import (
     Engine,
     EngineFull,
     EngineMisconfigured,
@@ -17,8 +17,8 @@ from .base import (
     SessionTerminal,
     SessionView,
 )
-from .cluster_url import is_cluster_url
-from .memory import MemoryEngine
+from sse_progress.engines.memory import MemoryEngine
+from sse_progress.engines.redis.cluster_url import is_cluster_url
 
 __all__ = [
     "Engine",
@@ -38,11 +38,13 @@ def create_engine(settings: Settings) -> Engine:
     url = settings.redis_url
     if not url or url.startswith("memory://"):
         return MemoryEngine(history=settings.history, ttl=settings.ttl)
-    from .redis import RedisEngine  # imported on demand: the embedded engine needs no Redis client
+    from sse_progress.engines.redis.engine import (
+        RedisEngine,  # imported on demand: the embedded engine needs no Redis client
+    )
 
     engine_class = RedisEngine
     if is_cluster_url(url):
-        from .redis_cluster import RedisClusterEngine
+        from sse_progress.engines.redis.cluster import RedisClusterEngine
 
         engine_class = RedisClusterEngine
     elif not url.startswith(("redis://", "rediss://", "unix://")):

@@ -1,8 +1,8 @@
 """The engine interface: where events are stored, read back and announced.
 
-An engine knows nothing of HTTP. Two implementations share these semantics: ``memory`` (one process, zero
-setup) and ``redis`` (many processes over one Redis). Envelopes cross this interface as JSON bytes that
-already carry their ``id``.
+An engine knows nothing of HTTP. Three implementations share these semantics: ``memory`` (one process, zero
+setup), ``redis`` (many processes over one Redis) and ``redis-cluster`` (over a Redis Cluster, with sharded
+Pub/Sub). Envelopes cross this interface as JSON bytes that already carry their ``id``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import EventDraft, EventId
-from ..session_index import SessionIndex
+from sse_progress.protocol.events import EventDraft, EventId
+from sse_progress.protocol.session_index import SessionIndex
 
 
 class SessionTerminal(Exception):

@@ -6,9 +6,18 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..events import EventDraft, EventId, eta_seconds, finish_envelope, format_event_id, with_id
-from .base import Engine, Feed, MessageHandler, Published, ResyncHandler, SessionTerminal, SessionView, outlived
-from .memory_index import MemoryIndex
+from sse_progress.engines.base import (
+    Engine,
+    Feed,
+    MessageHandler,
+    Published,
+    ResyncHandler,
+    SessionTerminal,
+    SessionView,
+    outlived,
+)
+from sse_progress.engines.memory_index import MemoryIndex
+from sse_progress.protocol.events import EventDraft, EventId, eta_seconds, finish_envelope, format_event_id, with_id
 
 SWEEP_INTERVAL = 60.0
 

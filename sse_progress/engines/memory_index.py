@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..session_index import (
+from sse_progress.protocol.session_index import (
     DURATIONS_KEPT,
     Cursor,
     IndexEntry,

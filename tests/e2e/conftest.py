@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, sync_playwright
-from web_support import BUFFERING_MODES, NGINX_CONF, TOTAL_ETAPAS, WAIT_MS, Console, Nginx, free_port, wait_for_port
+from web_support import BUFFERING_MODES, NGINX_CONF, TOTAL_ETAPAS, WAIT_MS, Console, Nginx, wait_for_port
 
 from sse_progress import ProgressTracker
+from tests.support.processes import free_port
 
 CHROMIUM = os.environ.get("SSE_PROGRESS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

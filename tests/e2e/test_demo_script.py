@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from web_support import free_port
 
 from examples.rpa_quote.quote_site import TOTAL_TELAS
-from tests.source_tree import copy_source_tree
+from tests.support.processes import free_port
+from tests.support.source_tree import copy_source_tree
 
 RUN_TIMEOUT = 600
 

@@ -1,5 +1,6 @@
 """The package as users install it: a wheel built from this tree, installed (not editable) into a fresh virtualenv,
-then ``sse-progress demo`` run from an unrelated directory. The page and every file of the web client must come
+first without extras (a job's install: no server, and ``serve`` says what to add), then with the ``server``
+extra, and ``sse-progress demo`` run from an unrelated directory. The page and every file of the web client must come
 from the installed package, with the right content types, and the page must follow the demo job to 100 %.
 
 Slow by nature (a build and an install from the package index, through pip's cache): about a minute.
@@ -19,9 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, expect
-from web_support import WAIT_MS, free_port
+from web_support import WAIT_MS
 
-from tests.source_tree import copy_source_tree
+from tests.support.processes import free_port
+from tests.support.source_tree import copy_source_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB_FILES = sorted(path.name for path in (ROOT / "sse_progress" / "web").iterdir() if path.is_file())
@@ -60,6 +62,33 @@ def installed_wheel() -> Iterator[InstalledWheel]:
     shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def installed_server(installed_wheel: InstalledWheel) -> InstalledWheel:
+    """The same venv after ``pip install 'sse-progress[server]'`` (from the same wheel)."""
+    run([str(installed_wheel.bin / "python"), "-m", "pip", "install", "-q", f"{installed_wheel.wheel}[server]"], ROOT)
+    return installed_wheel
+
+
+def test_the_base_install_runs_a_tracker_and_serve_names_the_extra_to_install(
+    installed_wheel: InstalledWheel, tmp_path: Path
+) -> None:
+    python = str(installed_wheel.bin / "python")
+    job = (
+        "import importlib.util, sse_progress\n"
+        "tracker = sse_progress.ProgressTracker(2, tipo='json', json_dir='.')\n"
+        "tracker.complete('done')\n"
+        "print([m for m in ('starlette', 'uvicorn', 'prometheus_client') if importlib.util.find_spec(m)])"
+    )
+    assert run([python, "-c", job], tmp_path).strip() == "[]"  # runs, and the server's dependencies are absent
+    for command in ("serve", "demo", "bridge"):
+        result = subprocess.run(
+            [str(installed_wheel.bin / "sse-progress"), command], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert result.returncode == 69, (command, result.returncode, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "pip install 'sse-progress[server]'" in lines[0], (command, result.stderr)
+
+
 def test_the_wheel_holds_every_package_the_web_client_and_the_license(installed_wheel: InstalledWheel) -> None:
     names = set(zipfile.ZipFile(installed_wheel.wheel).namelist())
     for name in WEB_FILES:
@@ -71,8 +100,9 @@ def test_the_wheel_holds_every_package_the_web_client_and_the_license(installed_
 
 
 def test_the_installed_demo_serves_every_file_and_its_page_reaches_100_percent(
-    installed_wheel: InstalledWheel, browser: Browser
+    installed_server: InstalledWheel, browser: Browser
 ) -> None:
+    installed_wheel = installed_server
     elsewhere = Path(tempfile.mkdtemp(prefix="sse-progress-elsewhere-"))  # no checkout to fall back on
     where = run(
         [str(installed_wheel.bin / "python"), "-c", "import sse_progress; print(sse_progress.__file__)"], elsewhere

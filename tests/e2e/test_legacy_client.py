@@ -17,8 +17,8 @@ import redis
 from playwright.sync_api import Browser, Page
 from web_support import wait_for
 
-from tests.conftest import LiveServer, RedisServer
-from tests.legacy_support import BridgeProcess, OldTracker
+from tests.support.legacy import BridgeProcess, OldTracker
+from tests.support.processes import LiveServer, RedisServer
 
 pytestmark = pytest.mark.e2e
 

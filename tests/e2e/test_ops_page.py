@@ -19,8 +19,8 @@ from playwright.sync_api import Page, expect
 from web_support import Console
 
 from sse_progress import ProgressTracker
-from sse_progress.auth import Role
-from tests.conftest import LiveServer, RedisServer
+from sse_progress.protocol.tokens import Role
+from tests.support.processes import LiveServer, RedisServer
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page
 
-from tests.conftest import LiveServer, RedisServer
+from tests.support.processes import LiveServer, RedisServer
 
 CLOSED = 2  # EventSource.CLOSED
 

@@ -116,12 +116,6 @@ def seen_on_the_page(page: Page) -> list[tuple[str, Any]]:
     return [(record["kind"], record["value"]) for record in records]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 10.0) -> None:
     """Readiness of another process: there is no event to await across processes, so poll its port."""
     deadline = time.monotonic() + timeout

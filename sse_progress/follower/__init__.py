@@ -1,0 +1,1 @@
+"""Reading a session from outside: ``follow()`` for programs, ``watch`` and ``sessions`` for terminals."""

@@ -1,0 +1,266 @@
+"""Per-process fan-out: one engine feed, one subscription per followed session, bounded per-client buffers.
+
+Each event is parsed and turned into a ``Frame`` once, then the same object is appended to every
+listener's buffer; transports encode nothing per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable
+
+from sse_progress.engines import Engine, EngineUnavailable, Feed, SessionView
+from sse_progress.engines.foreign import FOREIGN
+from sse_progress.protocol.events import EventId
+from sse_progress.protocol.frames import ForeignEnvelope, Frame
+from sse_progress.server.coalesce import Coalescer
+from sse_progress.server.metrics import METRICS
+from sse_progress.server.shutdown import server_is_exiting
+
+SUBSCRIBE_TIMEOUT = 10.0
+SHUTDOWN_POLL_SECONDS = 0.25
+
+
+class Listener:
+    """One client's view of a session's live events: a bounded buffer and a wake-up signal."""
+
+    __slots__ = (
+        "_hub", "_waiter", "_woken", "aborted", "beat_group", "closing", "frames", "gone", "heartbeat_due",
+        "needs_resync", "overflowed", "pending_bytes", "session_id", "stall_mark", "task", "transport", "writes",
+        "writing",
+    )  # fmt: skip
+
+    def __init__(self, hub: Hub, session_id: str, transport: str, beat_group: set[Listener]) -> None:
+        self._hub = hub
+        self.session_id = session_id
+        self.transport = transport
+        self.frames: list[Frame] = []
+        self.pending_bytes = 0
+        self.overflowed = False
+        self.needs_resync = False
+        self.closing = False
+        # A bare future rather than an asyncio.Event: thousands of idle listeners each keep one.
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
+        # Kept by a transport that writes straight to the socket (see transports/sse.py): the task to abort
+        # when its client stalls, whether it is blocked in a write, and how many writes it has finished.
+        self.task: asyncio.Task[object] | None = None
+        self.writing = False
+        self.writes = 0
+        self.stall_mark = -1
+        self.aborted = False
+        self.gone = False
+        self.heartbeat_due = False
+        self.beat_group = beat_group  # the hub's heartbeat group this listener belongs to
+        beat_group.add(self)
+
+    def push(self, frame: Frame) -> None:
+        if self.overflowed:
+            return
+        self.frames.append(frame)
+        self.pending_bytes += len(frame.data)
+        if len(self.frames) > self._hub.buffer_events or self.pending_bytes > self._hub.buffer_bytes:
+            # A client that cannot keep up is cut off rather than allowed to grow server memory; it resumes
+            # from the stream with its last id.
+            self.overflowed = True
+            self.frames = []
+            self.pending_bytes = 0
+            METRICS.slow_consumer_disconnects.inc()
+            if self.writing:
+                self.abort()  # blocked in a write to a client that stopped reading: a wake-up would never arrive
+        self._wake()
+
+    def abort(self) -> None:
+        """Cancel the transport's task, which is blocked writing to a client that does not read."""
+        if self.task is not None and not self.aborted:
+            self.aborted = True
+            self.task.cancel()
+
+    def left(self) -> None:
+        """The client disconnected."""
+        self.gone = True
+        self._wake()
+
+    def shut_down(self) -> None:
+        """The server is shutting down: end this client's stream so it reconnects elsewhere."""
+        self.closing = True
+        self._wake()
+
+    def resync(self) -> None:
+        self.needs_resync = True
+        self._wake()
+
+    def beat(self) -> None:
+        """Called by the hub's timer once per heartbeat interval."""
+        if self.writing:
+            if self.stall_mark == self.writes:
+                # The same write was in progress at the previous beat: the client stopped reading.
+                METRICS.slow_consumer_disconnects.inc()
+                self.abort()
+                return
+            self.stall_mark = self.writes
+        else:
+            self.stall_mark = -1
+        self.heartbeat_due = True
+        self._wake()
+
+    async def write(self, sending: Awaitable[None]) -> None:
+        """Awaits one write to the client, marked as in progress so that a stalled one can be aborted."""
+        self.writing = True
+        try:
+            await sending
+        finally:
+            self.writing = False
+        self.writes += 1
+
+    async def wait(self) -> None:
+        if not self._woken:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        self._woken = False
+
+    def _wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def drain(self) -> list[Frame]:
+        frames, self.frames = self.frames, []
+        self.pending_bytes = 0
+        return frames
+
+    def close(self) -> None:
+        self._hub.release(self)
+
+
+class Hub:
+    def __init__(
+        self, engine: Engine, buffer_events: int = 256, buffer_bytes: int = 1 << 20, heartbeat: float = 15.0
+    ) -> None:
+        self.engine = engine
+        self.buffer_events = buffer_events
+        self.buffer_bytes = buffer_bytes
+        self.heartbeat = heartbeat
+        self.closing = False
+        self._reads: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
+        self._ticker: asyncio.Task[None] | None = None
+        # Listeners are spread over as many groups as the timer ticks per heartbeat, and each tick beats one
+        # group: 10,000 heartbeat writes at once would stall every delivery for a tenth of a second.
+        self._tick_seconds = min(heartbeat, SHUTDOWN_POLL_SECONDS)
+        self._beat_groups: list[set[Listener]] = [set() for _ in range(max(1, round(heartbeat / self._tick_seconds)))]
+        self._joined = 0
+        self._sessions: dict[str, set[Listener]] = {}
+        self._ready: dict[str, asyncio.Task[None]] = {}
+        self._feed: Feed | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._feed = self.engine.open_feed(self._on_message, self._on_resync)
+        self._ticker = asyncio.ensure_future(self._tick())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._feed is not None:
+            await self._feed.close()
+            self._feed = None
+
+    @property
+    def feed(self) -> Feed:
+        if self._feed is None:
+            raise RuntimeError("the hub is not started")
+        return self._feed
+
+    def read_session(self, session_id: str, after: EventId | None) -> Awaitable[SessionView]:
+        """``Engine.read``, shared by identical requests made before the read starts (see ``coalesce``)."""
+        return self._reads((session_id, after))
+
+    async def listen(self, session_id: str, transport: str) -> Listener:
+        """A listener that receives every event published to the session from now on."""
+        self._joined += 1
+        listener = Listener(self, session_id, transport, self._beat_groups[self._joined % len(self._beat_groups)])
+        listeners = self._sessions.get(session_id)
+        if listeners is None:
+            listeners = self._sessions[session_id] = set()
+            self._ready[session_id] = asyncio.ensure_future(self.feed.add(session_id))
+        listeners.add(listener)
+        if self.closing:
+            listener.shut_down()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready[session_id]), SUBSCRIBE_TIMEOUT)
+        except BaseException as error:
+            self.release(listener)
+            if isinstance(error, (TimeoutError, OSError)):
+                raise EngineUnavailable("could not subscribe to the session's events") from error
+            raise
+        return listener
+
+    def release(self, listener: Listener) -> None:
+        listeners = self._sessions.get(listener.session_id)
+        if listeners is None or listener not in listeners:
+            return
+        listeners.discard(listener)
+        listener.beat_group.discard(listener)
+        if not listeners:
+            del self._sessions[listener.session_id]
+            ready = self._ready.pop(listener.session_id, None)
+            if ready is not None and not ready.done():
+                ready.cancel()
+            task = asyncio.ensure_future(self.feed.remove(listener.session_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _tick(self) -> None:
+        """One timer for every connection of the process: heartbeats, stalled writes, and shutdown."""
+        for tick in itertools.count(1):
+            await asyncio.sleep(self._tick_seconds)
+            if not self.closing and server_is_exiting():
+                self.close_all()
+            for listener in list(self._beat_groups[tick % len(self._beat_groups)]):
+                listener.beat()
+
+    def close_all(self) -> None:
+        """The server is stopping: end every stream so its client reconnects, to another instance if any."""
+        self.closing = True
+        for listeners in self._sessions.values():
+            for listener in listeners:
+                listener.shut_down()
+
+    def connections(self, session_id: str | None = None) -> int:
+        if session_id is not None:
+            return len(self._sessions.get(session_id, ()))
+        return sum(len(listeners) for listeners in self._sessions.values())
+
+    def connections_by_transport(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for listeners in self._sessions.values():
+            for listener in listeners:
+                counts[listener.transport] = counts.get(listener.transport, 0) + 1
+        return counts
+
+    @property
+    def session_ids(self) -> list[str]:
+        return list(self._sessions)
+
+    def _on_message(self, session_id: str, envelope: bytes) -> None:
+        listeners = self._sessions.get(session_id)
+        if not listeners:
+            return
+        try:
+            frame = Frame.from_envelope(envelope, session_id)
+        except ForeignEnvelope as error:
+            FOREIGN.skipped("channel", session_id, str(error))
+            return
+        for listener in listeners:
+            listener.push(frame)
+
+    def _on_resync(self) -> None:
+        METRICS.redis_reconnects.inc()
+        for listeners in self._sessions.values():
+            for listener in listeners:
+                listener.resync()

@@ -1,0 +1,1 @@
+"""Request/response endpoints that are not live streams: publish, snapshot, ops, sessions, legacy."""

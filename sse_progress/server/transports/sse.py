@@ -1,0 +1,258 @@
+"""Server-Sent Events: streaming, and poll mode (answer at once and close; the browser's reconnect polls).
+
+The stream is written by ``SseResponse``, a small ASGI response: after the headers it writes pre-encoded
+frames straight to the server's ``send`` (the app routes streams past its middleware), one write per
+wake-up, with no timer or wrapper per connection and one extra task that notices the client leaving. The
+hub's single timer sends the heartbeats, aborts writes to clients that stopped reading, and ends every stream
+when the server stops. ``SSE_PROGRESS_RESPONDER=sse-starlette`` serves streams with sse-starlette's
+``EventSourceResponse`` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from sse_progress.engines import EngineUnavailable
+from sse_progress.protocol.errors import ApiError, AtConnectionLimit
+from sse_progress.protocol.frames import (
+    CONNECTION_LIMIT_RETRY_MS,
+    HEARTBEAT,
+    STORE_UNAVAILABLE_RETRY_MS,
+    retry_line,
+    shutdown_retry_line,
+    try_again_body,
+)
+from sse_progress.protocol.tokens import Role
+from sse_progress.server.errors import error_response
+from sse_progress.server.headers import response_headers
+from sse_progress.server.hub import Listener
+from sse_progress.server.metrics import METRICS
+from sse_progress.server.replay import (
+    AlreadyFinished,
+    ServerClosing,
+    SessionCursor,
+    SessionExpired,
+    SlowConsumer,
+    plan_replay,
+)
+from sse_progress.server.service import Service
+from sse_progress.server.transports.connection import ConnectionRecord
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
+EVENT_STREAM_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
+]
+STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
+
+
+def _try_again(problem: str, reason: str, window_ms: tuple[int, int]) -> Response:
+    """200 and an empty stream with a ``retry:``: a 503 would make a browser's EventSource stop for good."""
+    METRICS.streams_deferred.labels(reason).inc()
+    return Response(try_again_body(problem, window_ms), media_type="text/event-stream", headers=STREAM_HEADERS)
+
+
+def resume_id(request: Request) -> str | None:
+    return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+
+
+async def serve_events(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI endpoint the app calls directly (see ``ProgressApp``): errors and response headers handled here."""
+    # The response is built in another frame, so the request parsed for it is not kept for the stream's life.
+    response = await _respond(Request(scope, receive))
+    await response(scope, receive, send)
+
+
+async def _respond(request: Request) -> Response:
+    try:
+        response = await events(request)
+    except AtConnectionLimit:
+        response = _try_again("server at its connection limit", "connection_limit", CONNECTION_LIMIT_RETRY_MS)
+    except ApiError as error:
+        response = error_response(error.status, error.message, error.headers)
+    except EngineUnavailable:
+        response = _try_again("event store unavailable", "store_unavailable", STORE_UNAVAILABLE_RETRY_MS)
+    origin = request.headers.get("origin")
+    cors_origins = Service.of(request).settings.cors_origins
+    response.raw_headers.extend(response_headers(origin, cors_origins, response.raw_headers))
+    return response
+
+
+async def events(request: Request) -> Response:
+    service = Service.of(request)
+    session_id = service.session_id(request)
+    service.authorize(request, session_id, Role.SUBSCRIBE)
+    mode = request.query_params.get("mode", "stream")
+    if mode == "poll":
+        return await _poll(service, session_id, resume_id(request))
+    if mode != "stream":
+        raise ApiError(400, "mode must be 'stream' (the default) or 'poll'")
+    if request.method == "HEAD":  # the headers a stream would get, without opening one
+        return Response(media_type="text/event-stream", headers=STREAM_HEADERS)
+    service.admit_connection()
+    resume = resume_id(request)
+    try:
+        stream = await SessionCursor.open(service.hub, session_id, resume, "sse")
+    except (AlreadyFinished, SessionExpired):
+        return Response(status_code=204)
+    if service.settings.responder == "sse-starlette":
+        return _sse_starlette_response(stream, service, resume)
+    return SseResponse(stream, service.settings.retry_ms, resume)
+
+
+class SseResponse(Response):
+    """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
+
+    def __init__(self, stream: SessionCursor, retry_ms: int, resume: str | None) -> None:
+        # Not Response.__init__: it would announce a Content-Length for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = list(EVENT_STREAM_RAW_HEADERS)  # middleware may append to it
+        self.stream = stream
+        self.retry_ms = retry_ms
+        self.resume = resume
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = self.stream.listener
+        listener.task = asyncio.current_task()
+        watcher = asyncio.ensure_future(_notice_departure(receive, listener))
+        connection = ConnectionRecord(listener.session_id, "sse", self.resume)
+        reason = "client left"
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await _write(send, listener, retry_line(self.retry_ms))
+            reason = await _deliver(self.stream, send, connection)
+            await _write(send, listener, b"", more_body=False)
+        except asyncio.CancelledError:
+            if not listener.aborted:
+                raise
+            # The client stopped reading (its buffer overflowed, or one write was in progress at two
+            # heartbeats): drop the connection. It reconnects with Last-Event-ID and replays from the stream.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            STREAM_ABORTED.set(True)
+            reason = "too slow"
+        finally:
+            watcher.cancel()
+            listener.task = None
+            self.stream.close()
+            connection.closed(reason)
+
+
+async def _deliver(stream: SessionCursor, send: Send, connection: ConnectionRecord) -> str:
+    """Writes every batch, counting the events sent on ``connection``; returns why the stream ended."""
+    listener = stream.listener
+    delivered = METRICS.events_delivered.labels("sse")
+    try:
+        async for batch in stream.batches():
+            if not batch:
+                await _write(send, listener, HEARTBEAT)
+                continue
+            # One write per wake-up: frames that arrived together leave together.
+            await _write(send, listener, batch[0].sse if len(batch) == 1 else b"".join([f.sse for f in batch]))
+            delivered.inc(len(batch))
+            connection.sent += len(batch)
+    except SlowConsumer:
+        return "too slow"
+    except EngineUnavailable:
+        return "event store unavailable"  # the client reconnects and resumes once it is back
+    except SessionExpired:
+        return "session expired"  # the client reconnects with its last id and gets 204
+    except ServerClosing:
+        await _write(send, listener, shutdown_retry_line())
+        return "shutdown"
+    return "client left" if listener.gone else "finished"
+
+
+async def _write(send: Send, listener: Listener, body: bytes, more_body: bool = True) -> None:
+    await listener.write(send({"type": "http.response.body", "body": body, "more_body": more_body}))
+
+
+class HideAbortedStreams(logging.Filter):
+    """uvicorn reports a response that ended without its last message as an error; for a stream aborted
+    because its client stopped reading that is the intent, and the connection log already says why.
+
+    uvicorn logs it in the request's own task, after the app returned, so the flag the stream set in that
+    task's context tells this stream from any other response that ended early."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "ASGI callable returned without completing response." and STREAM_ABORTED.get())
+
+
+HIDE_ABORTED_STREAMS = HideAbortedStreams()  # one instance, so adding it again changes nothing
+
+
+async def _notice_departure(receive: Receive, listener: Listener) -> None:
+    # The server's send returns silently once the client is gone; only receive() says so.
+    message: Message = await receive()
+    while message["type"] != "http.disconnect":
+        message = await receive()
+    listener.left()
+
+
+def _sse_starlette_response(stream: SessionCursor, service: Service, resume: str | None) -> Response:
+    return EventSourceResponse(
+        _sse_starlette_body(stream, service.settings.retry_ms, resume),
+        headers=STREAM_HEADERS,
+        ping=service.settings.heartbeat,
+        ping_message_factory=lambda: ServerSentEvent(comment="ping", sep="\n"),
+        sep="\n",
+        shutdown_event=_ShutdownSignal(stream.listener),  # type: ignore[arg-type]
+        shutdown_grace_period=2.0,
+    )
+
+
+class _ShutdownSignal:
+    """What sse-starlette calls ``set()`` on at shutdown: the listener wakes and the stream says goodbye."""
+
+    __slots__ = ("set",)
+
+    def __init__(self, listener: Listener) -> None:
+        self.set = listener.shut_down
+
+
+async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str | None) -> AsyncIterator[bytes]:
+    connection = ConnectionRecord(stream.listener.session_id, "sse", resume)
+    delivered = METRICS.events_delivered.labels("sse")
+    reason = "client left"
+    try:
+        yield retry_line(retry_ms)
+        async for batch in stream.batches():
+            if batch:  # sse-starlette sends its own heartbeats
+                yield b"".join([frame.sse for frame in batch])
+                delivered.inc(len(batch))
+                connection.sent += len(batch)
+        reason = "finished"
+    except SlowConsumer:
+        reason = "too slow"
+    except EngineUnavailable:
+        reason = "event store unavailable"
+    except SessionExpired:
+        reason = "session expired"
+    except ServerClosing:
+        reason = "shutdown"
+        yield shutdown_retry_line()
+    finally:
+        stream.close()
+        connection.closed(reason)
+
+
+async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
+    try:
+        replay = await plan_replay(service.engine.read, session_id, resume)
+    except (AlreadyFinished, SessionExpired):
+        return Response(status_code=204)
+    body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
+    if not replay.frames and resume is None:
+        # Nothing published yet: still give the browser an id, so its next poll asks for everything after
+        # the start instead of a snapshot that would skip the events in between.
+        body += b"id: 0\n\n"
+    METRICS.events_delivered.labels("poll").inc(len(replay.frames))
+    return Response(body, media_type="text/event-stream", headers=STREAM_HEADERS)

@@ -1,0 +1,42 @@
+"""Redis out of memory (maxmemory, noeviction): publishing says so, /readyz says so, a log line says so."""
+
+from __future__ import annotations
+
+import httpx
+import redis
+
+from tests.support.processes import LiveServer, RedisServer, wait_until
+
+
+async def test_a_full_redis_answers_507_logs_an_error_and_fails_readiness_until_freed(
+    own_redis: RedisServer, session_id: str
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    store = redis.Redis.from_url(own_redis.url)
+    headers = {"Authorization": f"Bearer {live.token(session_id, 'publish')}"}
+    event = {"etapa_atual": 1, "total_etapas": 3}
+    try:
+        async with httpx.AsyncClient(base_url=live.url, timeout=10) as client:
+            assert (await client.post(f"/sessions/{session_id}/events", json=event, headers=headers)).status_code == 201
+            store.config_set("maxmemory-policy", "noeviction")
+            store.config_set("maxmemory", store.info("memory")["used_memory"] // 2)
+            for _ in range(3):
+                refused = await client.post(f"/sessions/{session_id}/events", json=event, headers=headers)
+                assert refused.status_code == 507 and refused.json()["error"].startswith("event store is full")
+                assert refused.headers["retry-after"]
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503 and "event store is full" in ready.json()["error"]
+            logged = [line for line in live.log.read_text().splitlines() if "refuses every event" in line]
+            assert len(logged) == 1 and "maxmemory" in logged[0]
+            # Readers are not refused: the stored history stays readable.
+            snapshot = await client.get(f"/sessions/{session_id}", params={"token": live.token(session_id)})
+            assert snapshot.status_code == 200
+            store.config_set("maxmemory", 0)
+            assert (await client.post(f"/sessions/{session_id}/events", json=event, headers=headers)).status_code == 201
+            wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 10, "/readyz to answer 200")
+            assert "stores events again" in live.log.read_text()
+    finally:
+        store.config_set("maxmemory", 0)
+        store.close()
+        live.stop()

@@ -1,0 +1,215 @@
+"""Redis blinks, restarts or stays away: watchers are never told to give up, and come back by themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import redis
+import websockets
+
+from tests.support.clients import Publisher, follow
+from tests.support.processes import LiveServer, RedisServer, free_port, metric, wait_until
+from tests.system.test_reliability import ws_url
+
+RETRY = re.compile(rb"^: (?P<problem>[^\n]+)\nretry: (?P<ms>\d+)\n\n$")
+
+
+def events_url(live: LiveServer, session_id: str) -> str:
+    return f"{live.url}/sessions/{session_id}/events"
+
+
+def assert_try_again(response: httpx.Response, problem: str, window_ms: tuple[int, int]) -> int:
+    """A 200 empty stream naming the problem in a comment, with a retry: in the window; returns the delay."""
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    match = RETRY.match(response.content)
+    assert match is not None, response.content
+    assert problem in match["problem"].decode()
+    delay = int(match["ms"])
+    assert window_ms[0] <= delay <= window_ms[1]
+    return delay
+
+
+async def test_stream_and_poll_requests_during_an_outage_get_200_and_a_retry(
+    own_redis: RedisServer, session_id: str
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    params = {"token": live.token(session_id)}
+    try:
+        own_redis.stop(kill=True)
+        async with httpx.AsyncClient(timeout=30) as client:
+            streamed, polled, snapshot = await asyncio.gather(
+                client.get(events_url(live, session_id), params=params),
+                client.get(events_url(live, session_id), params={**params, "mode": "poll"}),
+                client.get(f"{live.url}/sessions/{session_id}", params=params),
+            )
+            delays = {assert_try_again(streamed, "event store unavailable", (2000, 5000))}
+            delays.add(assert_try_again(polled, "event store unavailable", (2000, 5000)))
+            for _ in range(4):
+                again = await client.get(events_url(live, session_id), params={**params, "mode": "poll"})
+                delays.add(assert_try_again(again, "event store unavailable", (2000, 5000)))
+            assert len(delays) > 1, "the retry delay is not jittered"
+            # Other endpoints are not read by an EventSource: they keep 503 and Retry-After.
+            assert snapshot.status_code == 503 and snapshot.headers["retry-after"]
+        async with websockets.connect(ws_url(live, session_id, params["token"]), open_timeout=30) as socket:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), 30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        own_redis.start()
+        assert metric(live, 'sse_progress_streams_deferred_total{reason="store_unavailable"}') == 6
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize("outage", ["killed", "stopped 25 s"])
+async def test_a_session_tried_during_an_outage_streams_again_within_5s_of_the_restart(
+    own_redis: RedisServer, session_id: str, outage: str
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
+    try:
+        assert own_redis.process is not None
+        began = time.monotonic()
+        if outage == "killed":
+            own_redis.stop(kill=True)
+        else:
+            own_redis.process.send_signal(signal.SIGSTOP)  # connections stay open; nothing answers
+        async with httpx.AsyncClient(timeout=30) as client:
+            attempt = await client.get(events_url(live, session_id), params={"token": live.token(session_id)})
+        assert_try_again(attempt, "event store unavailable", (2000, 5000))
+        if outage == "killed":
+            own_redis.start()
+        else:
+            # Past the feed's unanswered ping (2 x 10 s): it has reconnected once meanwhile.
+            await asyncio.sleep(max(0.0, 25 - (time.monotonic() - began)))
+            own_redis.process.send_signal(signal.SIGCONT)
+        back = time.monotonic()
+        # Once the server's Pub/Sub connection is back, a new stream of the session must work at once.
+        admin = redis.Redis.from_url(own_redis.url)
+        wait_until(lambda: bool(admin.client_list(_type="pubsub")), 5, "the server to resubscribe")
+        admin.close()
+        recovered = None
+        while recovered is None and time.monotonic() - back < 5:
+            async with follow("sse", live.url, session_id, live.token(session_id), "0") as stream:
+                if stream.status_code != 200:
+                    continue
+                published = await publisher.step(1)
+                frame = await stream.next(timeout=5)
+                assert frame is not None and frame.id == published["id"]
+                recovered = time.monotonic() - back
+        assert recovered is not None, "the session could not be watched within 5 s of Redis coming back"
+        print(f"session streams again {recovered:.2f}s after Redis came back ({outage})")
+        async with follow("ws", live.url, session_id, live.token(session_id), "0") as socket:
+            assert (await socket.next()) is not None
+    finally:
+        await publisher.aclose()
+        live.stop()
+
+
+async def test_no_request_fails_right_after_redis_restarts(own_redis: RedisServer, session_id: str) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=100)
+    params = {"token": live.token(session_id)}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            # Open every pooled command connection of the server.
+            await publisher.step(1)
+            await asyncio.gather(*[client.get(f"{live.url}/sessions/{session_id}", params=params) for _ in range(8)])
+            own_redis.stop(kill=True)
+            own_redis.start()
+            # Sequential after one restart, all at once after another: each pooled connection is met dead.
+            answers = []
+            for etapa in (2, 3):
+                answers.append(await publisher.client.post(
+                    f"/sessions/{session_id}/events", json={"etapa_atual": etapa, "total_etapas": 100}
+                ))  # fmt: skip
+                answers.append(await client.get(f"{live.url}/sessions/{session_id}", params=params))
+                answers.append(await client.get(events_url(live, session_id), params={**params, "mode": "poll"}))
+            own_redis.stop(kill=True)
+            own_redis.start()
+            answers += await asyncio.gather(
+                *[client.get(f"{live.url}/sessions/{session_id}", params=params) for _ in range(6)],
+                *[client.get(events_url(live, session_id), params={**params, "mode": "poll"}) for _ in range(6)],
+            )
+            failed = [(a.request.method, a.request.url.path, a.status_code) for a in answers if a.status_code >= 500]
+            print(f"{len(failed)} of {len(answers)} requests failed right after the restart")
+            assert failed == []
+            assert [a.status_code for a in answers[:6:3]] == [201] * 2
+        wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 10, "/readyz")
+    finally:
+        await publisher.aclose()
+        live.stop()
+
+
+def test_serve_starts_without_redis_and_readyz_reports_it_until_redis_answers() -> None:
+    later = RedisServer()  # its port is chosen; nothing listens there yet
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port), "--redis-url", later.url],
+        env={**os.environ, "SSE_PROGRESS_SECRET": "k1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    readyz = f"http://127.0.0.1:{port}/readyz"
+
+    def answers() -> bool:
+        assert serve.poll() is None, serve.communicate()[0]  # it must not exit for want of Redis
+        try:
+            return httpx.get(readyz, timeout=2).status_code > 0
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, 30, "serve to answer without Redis")
+        answer = httpx.get(readyz, timeout=10)
+        assert answer.status_code == 503
+        assert answer.json()["status"] == "unavailable" and answer.json()["error"]
+        later.start()
+        wait_until(lambda: httpx.get(readyz, timeout=10).status_code == 200, 30, "/readyz once Redis answers")
+    finally:
+        serve.terminate()
+        output = serve.communicate(timeout=15)[0]
+        later.stop()
+    assert "could not check the event store at startup" in output, output
+
+
+async def test_operator_endpoints_during_an_outage_answer_503_json_and_the_watch_logs_once(
+    own_redis: RedisServer,
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    observe, admin = live.token("*", "observe"), live.token("*", "admin")
+    try:
+        own_redis.stop(kill=True)
+        await asyncio.sleep(3.5)  # a few ticks of the session index watch
+        async with httpx.AsyncClient(timeout=30) as client:
+            for path, token in (("/sessions", observe), ("/ops/figures", observe), ("/stats", admin)):
+                answer = await client.get(live.url + path, params={"token": token})
+                assert answer.status_code == 503, (path, answer.text)
+                assert answer.headers["retry-after"]
+                assert answer.json() == {"success": False, "error": "the event store is unavailable; retry shortly"}
+            # The change stream is read by an EventSource: a 200 stream with a retry:, never an error status.
+            async with client.stream("GET", live.url + "/ops/events", params={"token": observe}) as stream:
+                assert stream.status_code == 200
+                assert stream.headers["content-type"].startswith("text/event-stream")
+                first = await anext(stream.aiter_bytes())
+                assert first.startswith(b"retry: ")
+        log = live.log.read_text()
+        assert log.count("session index unreadable") == 1, log
+        assert "Traceback" not in log, log
+        own_redis.start()
+        wait_until(lambda: "session index readable again" in live.log.read_text(), 30, "the recovery line")
+    finally:
+        live.stop()
