@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sse_progress.engines import Engine, EngineUnavailable, SessionView
-from sse_progress.protocol.events import ZERO_ID, EventId, format_event_id, parse_event_id
 from sse_progress.engines.foreign import FOREIGN
+from sse_progress.protocol.events import ZERO_ID, EventId, format_event_id, parse_event_id
 from sse_progress.protocol.frames import ForeignEnvelope, Frame
 from sse_progress.server.hub import Hub, Listener
 from sse_progress.server.metrics import METRICS

@@ -25,6 +25,7 @@ from sse_progress.engines.base import Feed, MessageHandler, Published, ResyncHan
 from sse_progress.engines.redis.cluster_feed import RedisClusterFeed
 from sse_progress.engines.redis.cluster_url import node_url
 from sse_progress.engines.redis.engine import RedisEngine, raise_if_full
+from sse_progress.engines.redis.errors import unavailable_because
 from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, index_arguments
 from sse_progress.engines.redis.scripts import (
     CLUSTER_PUBLISH_SCRIPT,
@@ -32,7 +33,6 @@ from sse_progress.engines.redis.scripts import (
     published_outcome,
 )
 from sse_progress.protocol.events import EventDraft, EventId
-from sse_progress.engines.redis.errors import unavailable_because
 
 UNAVAILABLE = (RedisError, RedisClusterException)
 

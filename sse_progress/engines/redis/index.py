@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from sse_progress.engines.redis.errors import unavailable_because
 from sse_progress.protocol.session_index import (
     DURATIONS_CHARS,
     GROUPS,
@@ -31,7 +32,6 @@ from sse_progress.protocol.session_index import (
     SessionIndex,
     parse_durations,
 )
-from sse_progress.engines.redis.errors import unavailable_because
 
 INDEX_KEY_COUNT = 3
 TERMINAL_GROUPS = GROUPS[1:]
