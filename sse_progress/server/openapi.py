@@ -1,9 +1,11 @@
 """The OpenAPI 3.1 description of the HTTP API, served at ``GET /openapi.json``.
 
 Starlette's ``SchemaGenerator`` reads each operation from the YAML after ``---`` in its endpoint's docstring.
-This module holds what those operations share (schemas, parameters, responses, security schemes, referenced as
-``#/components/...``) and the operations of the endpoints that carry no YAML of their own: the SSE stream, the
-demo page and the static files. The WebSocket route is not HTTP and is described in ``info.description`` only.
+An operation that needs a token says ``security: token``; this module expands it, once for all, into the three
+ways to send one and the 401 and 403 answers. It also holds what the operations share (schemas, parameters,
+responses, security schemes, referenced as ``#/components/...``) and the operations of the endpoints that carry
+no YAML of their own: the SSE stream, the demo page and the static files. The WebSocket route is not HTTP and
+is described in ``info.description`` only.
 """
 
 from __future__ import annotations
@@ -251,6 +253,15 @@ SUPPLEMENTARY_OPERATIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+def needs_token(operation: dict[str, Any]) -> None:
+    """Expand ``security: token``: the ways to send a token, and the answers to a missing or refused one."""
+    operation["security"] = copy.deepcopy(TOKEN_SECURITY)
+    responses = operation.setdefault("responses", {})
+    responses.setdefault("401", {"$ref": "#/components/responses/Unauthorized"})
+    responses.setdefault("403", {"$ref": "#/components/responses/Forbidden"})
+    operation["responses"] = dict(sorted(responses.items()))
+
+
 def build_schema(routes: list[BaseRoute]) -> dict[str, Any]:
     """The whole document: the docstring operations of ``routes`` plus the supplementary ones."""
     generator = SchemaGenerator(
@@ -262,6 +273,10 @@ def build_schema(routes: list[BaseRoute]) -> dict[str, Any]:
     )
     schema = generator.get_schema(routes)
     paths: dict[str, dict[str, Any]] = schema["paths"]
+    for operations in paths.values():
+        for operation in operations.values():
+            if operation.get("security") == "token":
+                needs_token(operation)
     for path, operations in SUPPLEMENTARY_OPERATIONS.items():
         for method, operation in operations.items():
             paths.setdefault(path, {}).setdefault(method, copy.deepcopy(operation))

@@ -36,10 +36,7 @@ async def get_progress(request: Request) -> Response:
         schema:
           type: string
           pattern: "^[A-Za-z0-9_-]{1,64}$"
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: >-
@@ -53,10 +50,6 @@ async def get_progress(request: Request) -> Response:
                 - $ref: "#/components/schemas/Error"
       "400":
         $ref: "#/components/responses/BadRequest"
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "503":
         $ref: "#/components/responses/Unavailable"
     """

@@ -102,10 +102,7 @@ async def stats(request: Request) -> Response:
     Sessions, connections and Redis figures (an admin token).
     ---
     summary: Server statistics
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: the figures of this process
@@ -141,10 +138,6 @@ async def stats(request: Request) -> Response:
                   type: object
                   deprecated: true
                   description: the engine's figures, on the Redis engines only (read engine instead)
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "503":
         $ref: "#/components/responses/Unavailable"
     """

@@ -141,10 +141,7 @@ async def publish(request: Request) -> Response:
     summary: Publish an event
     parameters:
       - $ref: "#/components/parameters/SessionId"
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     requestBody:
       required: true
       content:
@@ -160,10 +157,6 @@ async def publish(request: Request) -> Response:
               $ref: "#/components/schemas/SnapshotResponse"
       "400":
         $ref: "#/components/responses/BadRequest"
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "409":
         description: the session already ended; it accepts no more events
         content:

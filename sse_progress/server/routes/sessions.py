@@ -84,10 +84,7 @@ async def sessions(request: Request) -> Response:
         schema:
           type: string
           pattern: "^(|[0-9]{1,20}[.][A-Za-z0-9_-]{1,64})$"
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: a page of sessions; `next_cursor` is null on the last page
@@ -98,10 +95,6 @@ async def sessions(request: Request) -> Response:
               required: [success, sessions, next_cursor]
       "400":
         $ref: "#/components/responses/BadRequest"
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "503":
         $ref: "#/components/responses/Unavailable"
     """
@@ -141,10 +134,7 @@ async def figures(request: Request) -> Response:
           minimum: 1
           maximum: 48
           default: 6
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: the figures
@@ -155,10 +145,6 @@ async def figures(request: Request) -> Response:
               required: [success, steps, finished, running, stalled]
       "400":
         $ref: "#/components/responses/BadRequest"
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "503":
         $ref: "#/components/responses/Unavailable"
     """
@@ -186,10 +172,7 @@ async def changes(request: Request) -> Response:
     `started`, `progress`, `stalled`, `resumed`, `finished`.
     ---
     summary: Stream of session index changes
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: an endless event stream
@@ -197,10 +180,6 @@ async def changes(request: Request) -> Response:
           text/event-stream:
             schema:
               type: string
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
     """
     service = Service.of(request)
     service.authorize(request, "*", Role.OBSERVE)

@@ -31,10 +31,7 @@ async def snapshot(request: Request) -> Response:
         description: the ETag of a previous answer; unchanged → 304
         schema:
           type: string
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: the snapshot
@@ -51,10 +48,6 @@ async def snapshot(request: Request) -> Response:
         description: nothing new since the ETag sent in If-None-Match
       "400":
         $ref: "#/components/responses/BadRequest"
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "404":
         $ref: "#/components/responses/NotFound"
       "503":
@@ -88,10 +81,7 @@ async def history(request: Request) -> Response:
         schema:
           type: string
           pattern: "^(|0|earliest|[0-9]{1,20}(-[0-9]{1,20})?)$"
-    security:
-      - tokenQuery: []
-      - bearerToken: []
-      - tokenCookie: []
+    security: token
     responses:
       "200":
         description: the events after `after`, oldest first
@@ -101,10 +91,6 @@ async def history(request: Request) -> Response:
               $ref: "#/components/schemas/HistoryResponse"
       "400":
         $ref: "#/components/responses/BadRequest"
-      "401":
-        $ref: "#/components/responses/Unauthorized"
-      "403":
-        $ref: "#/components/responses/Forbidden"
       "404":
         $ref: "#/components/responses/NotFound"
       "422":
