@@ -20,9 +20,10 @@ import logging
 import os
 import secrets
 import uuid
+from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import orjson
@@ -56,6 +57,13 @@ UNREACHABLE = (RedisError, OSError, httpx.TransportError, EngineUnavailable)
 # What keeps an event in the outbox for a later attempt: a store out of reach, or one that refuses the token (the
 # events are not at fault; a tracker given a valid token sends them).
 NOT_NOW = (*UNREACHABLE, PublishNotAuthorized)
+
+
+SEND = "send"
+APPEND = "append"
+T = TypeVar("T")
+# What the tracker core yields: (SEND or APPEND, draft); a SEND is answered with the stored envelope.
+Steps = Generator[tuple[str, EventDraft], bytes | None, T]
 
 
 def new_session_id() -> str:
@@ -182,6 +190,49 @@ class _TrackerBase:
                 self._outbox.directory,
             )
 
+    # One core for both trackers: these generators decide what to do and yield each input/output step,
+    # ("send", draft) or ("append", draft); ``ProgressTracker`` runs the steps as calls, the async one awaits them.
+
+    def _update_steps(self, draft: EventDraft) -> Steps[dict[str, Any] | None]:
+        """Send ``draft`` after the outbox, or keep it in the outbox while the store is away."""
+        if not self._may_send(draft):
+            yield APPEND, draft
+            return self._queued(draft, None)
+        try:
+            yield from self._flush_steps()
+            envelope = yield SEND, draft
+        except SessionTerminal:
+            self._refused(draft.mensagem)
+            return None
+        except NOT_NOW as error:
+            yield APPEND, draft
+            return self._queued(draft, error)
+        assert envelope is not None
+        return self._sent(envelope)
+
+    def _flush_steps(self) -> Steps[None]:
+        """Send the outbox, oldest first; a store out of reach stops it (the rest stays for later)."""
+        assert self._outbox is not None
+        for draft in self._outbox.pending():
+            try:
+                envelope = yield SEND, draft
+                assert envelope is not None
+                self._accepted(envelope)
+            except PublishNotAuthorized:
+                raise  # the event stays: nothing was wrong with it
+            except (SessionTerminal, HttpPublishError) as refusal:
+                self._dropped(draft, refusal)
+            self._outbox.acknowledge()
+
+    def _flush_now_steps(self) -> Steps[int]:
+        assert self._outbox is not None
+        try:
+            yield from self._flush_steps()
+        except NOT_NOW as error:
+            self._retry.failed()
+            self._report_not_sent(error)
+        return len(self._outbox)
+
     def _refused(self, mensagem: str) -> None:
         log.warning("session %s already ended elsewhere; event %r dropped", self.session_id, mensagem)
         self.finished = True
@@ -258,43 +309,32 @@ class ProgressTracker(_TrackerBase):
             return None
         if self._sink is None:
             return self._store_locally(draft)
-        if not self._may_send(draft):
-            return self._queue(draft)
-        try:
-            self._flush()
-            envelope = self._sink.send(draft)
-        except SessionTerminal:
-            self._refused(mensagem)
-            return None
-        except NOT_NOW as error:
-            return self._queue(draft, error)
-        return self._sent(envelope)
-
-    def _queue(self, draft: EventDraft, error: BaseException | None = None) -> dict[str, Any]:
-        self._append_to_outbox(draft)
-        return self._queued(draft, error)
+        return self._run(self._update_steps(draft))
 
     def flush(self) -> int:
         """Send the outbox now, oldest first; returns how many events still wait (the store is down again)."""
         if self._outbox is None or self._sink is None:
             return 0
-        try:
-            self._flush()
-        except NOT_NOW as error:
-            self._retry.failed()
-            self._report_not_sent(error)
-        return len(self._outbox)
+        return self._run(self._flush_now_steps())
 
-    def _flush(self) -> None:
-        assert self._outbox is not None and self._sink is not None
-        for draft in self._outbox.pending():
+    def _run(self, steps: Steps[T]) -> T:
+        """Run the core's steps as calls: a send through the sink, an append to the outbox."""
+        assert self._sink is not None
+        reply: bytes | None = None
+        error: BaseException | None = None
+        while True:
             try:
-                self._accepted(self._sink.send(draft))
-            except PublishNotAuthorized:
-                raise  # the event stays: nothing was wrong with it
-            except (SessionTerminal, HttpPublishError) as refusal:
-                self._dropped(draft, refusal)
-            self._outbox.acknowledge()
+                action, draft = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return cast(T, done.value)
+            reply, error = None, None
+            try:
+                if action == SEND:
+                    reply = self._sink.send(draft)
+                else:
+                    self._append_to_outbox(draft)
+            except BaseException as failure:  # handed to the core, which decides (or lets it propagate)
+                error = failure
 
     def update_progress_with_estimativas(
         self, etapa: int, mensagem: str = "", estimativas: Any = None
@@ -380,44 +420,32 @@ class AsyncProgressTracker(_TrackerBase):
             return None
         if self._sink is None:
             return self._store_locally(draft)
-        if not self._may_send(draft):
-            return await self._queue(draft)
-        try:
-            await self._flush()
-            envelope = await self._sink.send(draft)
-        except SessionTerminal:
-            self._refused(mensagem)
-            return None
-        except NOT_NOW as error:
-            return await self._queue(draft, error)
-        return self._sent(envelope)
-
-    async def _queue(self, draft: EventDraft, error: BaseException | None = None) -> dict[str, Any]:
-        # The append ends with an fsync, which can take milliseconds to seconds on a busy disk: not on the loop.
-        await asyncio.to_thread(self._append_to_outbox, draft)
-        return self._queued(draft, error)
+        return await self._run(self._update_steps(draft))
 
     async def flush(self) -> int:
         """Send the outbox now, oldest first; returns how many events still wait (the store is down again)."""
         if self._outbox is None or self._sink is None:
             return 0
-        try:
-            await self._flush()
-        except NOT_NOW as error:
-            self._retry.failed()
-            self._report_not_sent(error)
-        return len(self._outbox)
+        return await self._run(self._flush_now_steps())
 
-    async def _flush(self) -> None:
-        assert self._outbox is not None and self._sink is not None
-        for draft in self._outbox.pending():
+    async def _run(self, steps: Steps[T]) -> T:
+        """Run the core's steps awaited; the outbox's append ends with an fsync, so it runs in a thread."""
+        assert self._sink is not None
+        reply: bytes | None = None
+        error: BaseException | None = None
+        while True:
             try:
-                self._accepted(await self._sink.send(draft))
-            except PublishNotAuthorized:
-                raise  # the event stays: nothing was wrong with it
-            except (SessionTerminal, HttpPublishError) as refusal:
-                self._dropped(draft, refusal)
-            self._outbox.acknowledge()
+                action, draft = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return cast(T, done.value)
+            reply, error = None, None
+            try:
+                if action == SEND:
+                    reply = await self._sink.send(draft)
+                else:
+                    await asyncio.to_thread(self._append_to_outbox, draft)
+            except BaseException as failure:  # handed to the core, which decides (or lets it propagate)
+                error = failure
 
     async def update_progress_with_estimativas(
         self, etapa: int, mensagem: str = "", estimativas: Any = None
