@@ -25,12 +25,9 @@ from sse_progress.engines.base import EngineUnavailable, Feed, MessageHandler, P
 from sse_progress.engines.redis.cluster_feed import RedisClusterFeed
 from sse_progress.engines.redis.cluster_url import node_url
 from sse_progress.engines.redis.engine import RedisEngine, raise_if_full
-from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, RedisIndex, index_arguments
+from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, index_arguments
 from sse_progress.engines.redis.scripts import (
     CLUSTER_PUBLISH_SCRIPT,
-    READ_SCRIPT,
-    RedisKeys,
-    connection_options,
     publish_arguments,
     published_outcome,
 )
@@ -66,6 +63,7 @@ class RedisClusterEngine(RedisEngine):
     """``RedisEngine`` over a cluster: the same reads and writes, routed by slot; sharded Pub/Sub."""
 
     name = "redis-cluster"
+    publish_script = CLUSTER_PUBLISH_SCRIPT
 
     def __init__(
         self,
@@ -76,20 +74,14 @@ class RedisClusterEngine(RedisEngine):
         pool_size: int = 2,
         verify_tls: bool = True,
     ) -> None:
-        # Not RedisEngine.__init__: that builds a single-node client. Reads and writes are inherited.
-        self.url = node_url(url)
-        self.keys = RedisKeys(prefix)
-        self.history = history
-        self.ttl = ttl
-        self._options = connection_options(self.url, verify_tls)
+        super().__init__(node_url(url), prefix, history, ttl, pool_size, verify_tls)
+        self._index_update = self.cluster.register_script(INDEX_SCRIPT)
+
+    def _connect(self, pool_size: int) -> RedisCluster:
         self.cluster = RedisCluster.from_url(self.url, max_connections=pool_size, **self._options)
         self._commands = asyncio.Semaphore(pool_size)
-        self._full = False
         self.topology = ClusterTopology(self.cluster, self._commands)
-        self._publish = self.cluster.register_script(CLUSTER_PUBLISH_SCRIPT)
-        self._read = self.cluster.register_script(READ_SCRIPT)
-        self._index_update = self.cluster.register_script(INDEX_SCRIPT)
-        self.index = RedisIndex(self.cluster, self.keys.index, self.keys.snapshot, self.keys.meta)
+        return self.cluster
 
     async def publish(self, draft: EventDraft) -> Published:
         keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)

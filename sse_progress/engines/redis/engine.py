@@ -45,6 +45,7 @@ log = logging.getLogger("sse_progress.engine")
 
 class RedisEngine(Engine):
     name = "redis"
+    publish_script = PUBLISH_SCRIPT  # the cluster engine's announces with SPUBLISH and leaves out the index
 
     def __init__(
         self,
@@ -59,19 +60,23 @@ class RedisEngine(Engine):
         self.keys = RedisKeys(prefix)
         self.history = history
         self.ttl = ttl
-        options = connection_options(url, verify_tls)
+        self._options = connection_options(url, verify_tls)
+        self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
+        scripts_run_on = self._connect(pool_size)
+        self._publish = scripts_run_on.register_script(self.publish_script)
+        self._read = scripts_run_on.register_script(READ_SCRIPT)
+        self.index = RedisIndex(scripts_run_on, self.keys.index, self.keys.snapshot, self.keys.meta)
+
+    def _connect(self, pool_size: int) -> Any:
+        """The client the scripts run on: one Redis here (the cluster engine's routes each key by its slot)."""
         # A small blocking pool queues a burst of readers instead of failing past max_connections. A command
         # that meets a dead connection (Redis restarted) is sent once more, on a new one: no request fails.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=10, retry=Retry(NoBackoff(), 1), **options
+            self.url, max_connections=pool_size, timeout=10, retry=Retry(NoBackoff(), 1), **self._options
         )
         self.client = aioredis.Redis(connection_pool=pool)
-        self._options = options
         self._verified = False  # verify() found a single Redis, not a cluster node
-        self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
-        self._publish = self.client.register_script(PUBLISH_SCRIPT)
-        self._read = self.client.register_script(READ_SCRIPT)
-        self.index = RedisIndex(self.client, self.keys.index, self.keys.snapshot, self.keys.meta)
+        return self.client
 
     async def publish(self, draft: EventDraft) -> Published:
         keys, args = publish_arguments(self.keys, draft, self.history, self.ttl)
