@@ -6,8 +6,9 @@ import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -15,9 +16,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sse_progress.config import Settings
 from sse_progress.engines import Engine, EngineFull, EngineMisconfigured, EngineUnavailable, create_engine
@@ -107,23 +108,39 @@ class NoSniff:
         await self.app(scope, receive, send_with_header)  # type: ignore[operator]
 
 
-class ProgressApp(Starlette):
-    """Sends ``GET`` (and ``HEAD``) ``/sessions/{sid}/events`` straight to the SSE endpoint, past the middleware.
+class StreamRoute(Route):
+    """A route whose answers are long-lived streams, served by ``serve`` before any middleware (``ProgressApp``).
 
-    A stream lives for minutes and its coroutine stack stays suspended for as long: each middleware layer
-    would keep a frame per connection and add a call to every write. The endpoint applies the one
-    middleware it needs (CORS) itself.
+    ``endpoint`` is what the route answers through the ordinary stack, which the fast path makes unreachable in
+    practice; it keeps the route in the table, in the OpenAPI document and in ``url_path_for``.
     """
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], serve: ASGIApp, methods: list[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.serve = serve
+
+
+class ProgressApp(Starlette):
+    """Sends a request matching a ``StreamRoute`` of its table straight to the route's ``serve``, past the middleware.
+
+    A stream lives for minutes and its coroutine stack stays suspended for as long: each middleware layer
+    would keep a frame per connection and add a call to every write. The stream endpoint applies the one
+    middleware it needs (CORS) itself. The routes are declared once, in the table given to the app.
+    """
+
+    def __init__(self, routes: list[BaseRoute], **options: Any) -> None:
+        super().__init__(routes=routes, **options)
+        self.stream_routes = [route for route in routes if isinstance(route, StreamRoute)]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            path = scope["path"].removeprefix(scope.get("root_path", ""))
-            match = sse.EVENTS_PATH.fullmatch(path)
-            if match is not None:
-                scope["app"] = self
-                scope["path_params"] = {"session_id": match[1]}
-                await sse.serve_events(scope, receive, send)
-                return
+        if scope["type"] == "http":
+            for route in self.stream_routes:
+                match, child_scope = route.matches(scope)  # the route's own path and methods (HEAD with GET)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    scope["app"] = self
+                    await route.serve(scope, receive, send)
+                    return
         await super().__call__(scope, receive, send)
 
 
@@ -193,7 +210,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         Route("/ops/events", sessions.changes),
         Route("/ops/figures", sessions.figures),
         Route("/sessions", sessions.sessions),
-        Route("/sessions/{session_id}/events", sse.events, methods=["GET"]),
+        StreamRoute("/sessions/{session_id}/events", sse.events, sse.serve_events, methods=["GET"]),
         Route("/sessions/{session_id}/events", publish.publish, methods=["POST"]),
         Route("/sessions/{session_id}", snapshot.snapshot),
         Route("/sessions/{session_id}/history", snapshot.history),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 
@@ -51,7 +50,6 @@ EVENT_STREAM_RAW_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
 ]
-EVENTS_PATH = re.compile(r"/sessions/([^/]+)/events")
 STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
 
 
