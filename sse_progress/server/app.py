@@ -13,7 +13,6 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
@@ -26,6 +25,7 @@ from sse_progress.protocol.errors import ApiError
 from sse_progress.protocol.session_index import StallRule
 from sse_progress.protocol.tokens import TokenAuthority
 from sse_progress.server.errors import error_response, handle_api_error, store_full, store_unavailable
+from sse_progress.server.headers import ResponseHeaders
 from sse_progress.server.hub import Hub
 from sse_progress.server.index_watch import IndexWatch
 from sse_progress.server.openapi import openapi_schema
@@ -89,25 +89,6 @@ async def handle_unavailable(request: Request, exc: Exception) -> Response:
     return store_full() if isinstance(exc, EngineFull) else store_unavailable()
 
 
-class NoSniff:
-    """Adds ``X-Content-Type-Options: nosniff`` at response start; it never touches body messages."""
-
-    def __init__(self, app: object) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)  # type: ignore[operator]
-            return
-
-        async def send_with_header(message: dict) -> None:  # type: ignore[type-arg]
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
-            await send(message)  # type: ignore[operator]
-
-        await self.app(scope, receive, send_with_header)  # type: ignore[operator]
-
-
 class StreamRoute(Route):
     """A route whose answers are long-lived streams, served by ``serve`` before any middleware (``ProgressApp``).
 
@@ -124,8 +105,8 @@ class ProgressApp(Starlette):
     """Sends a request matching a ``StreamRoute`` of its table straight to the route's ``serve``, past the middleware.
 
     A stream lives for minutes and its coroutine stack stays suspended for as long: each middleware layer
-    would keep a frame per connection and add a call to every write. The stream endpoint applies the one
-    middleware it needs (CORS) itself. The routes are declared once, in the table given to the app.
+    would keep a frame per connection and add a call to every write. The stream endpoint adds the headers
+    every answer carries itself (``server/headers.py``). The routes are declared once, in the table given to the app.
     """
 
     def __init__(self, routes: list[BaseRoute], **options: Any) -> None:
@@ -191,18 +172,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             await hub.stop()
             await engine.close()
 
-    middleware = [Middleware(NoSniff)]
-    if settings.cors_origins:
-        middleware.append(
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_origins),
-                allow_credentials=True,
-                allow_methods=["GET", "POST", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-                expose_headers=["ETag"],
-            )
-        )
+    middleware = [Middleware(ResponseHeaders, cors_origins=settings.cors_origins)]
 
     routes = [
         Route("/", demo_page),

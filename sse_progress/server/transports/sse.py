@@ -17,7 +17,7 @@ from contextvars import ContextVar
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from sse_progress.engines import EngineUnavailable
@@ -32,6 +32,7 @@ from sse_progress.protocol.frames import (
 )
 from sse_progress.protocol.tokens import Role
 from sse_progress.server.errors import error_response
+from sse_progress.server.headers import response_headers
 from sse_progress.server.hub import Listener
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.replay import (
@@ -64,7 +65,7 @@ def resume_id(request: Request) -> str | None:
 
 
 async def serve_events(scope: Scope, receive: Receive, send: Send) -> None:
-    """The ASGI endpoint the app calls directly (see ``ProgressApp``): errors and CORS handled here."""
+    """The ASGI endpoint the app calls directly (see ``ProgressApp``): errors and response headers handled here."""
     # The response is built in another frame, so the request parsed for it is not kept for the stream's life.
     response = await _respond(Request(scope, receive))
     await response(scope, receive, send)
@@ -80,17 +81,8 @@ async def _respond(request: Request) -> Response:
     except EngineUnavailable:
         response = _try_again("event store unavailable", "store_unavailable", STORE_UNAVAILABLE_RETRY_MS)
     origin = request.headers.get("origin")
-    allowed = Service.of(request).settings.cors_origins
-    if origin is not None and (origin in allowed or "*" in allowed):
-        response.raw_headers.extend(
-            [
-                (b"access-control-allow-origin", origin.encode()),
-                (b"access-control-allow-credentials", b"true"),
-                (b"vary", b"Origin"),
-            ]
-        )
-    if isinstance(response, JSONResponse):
-        response.raw_headers.append((b"x-content-type-options", b"nosniff"))
+    cors_origins = Service.of(request).settings.cors_origins
+    response.raw_headers.extend(response_headers(origin, cors_origins, response.raw_headers))
     return response
 
 
