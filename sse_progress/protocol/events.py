@@ -113,6 +113,17 @@ class EventDraft:
     def timestamp_ms(self) -> int:
         return int(datetime.fromisoformat(self.timestamp).timestamp() * 1000)
 
+    def reported(self) -> dict[str, Any]:
+        """What the job reported: the fields a publisher sends, over HTTP or into its outbox."""
+        return {
+            "etapa_atual": self.etapa_atual,
+            "total_etapas": self.total_etapas,
+            "status": self.status,
+            "mensagem": self.mensagem,
+            "dados_extra": self.dados_extra,
+            "timestamp": self.timestamp,
+        }
+
     def encode(self) -> bytes:
         """The envelope JSON without ``id`` and ``eta_seconds`` (both are added by the engine)."""
         return orjson.dumps(

@@ -201,12 +201,7 @@ def _encode(draft: EventDraft) -> bytes:
                 "publisher": draft.publisher,
                 "sequence": draft.sequence,
                 "session_id": draft.session_id,
-                "etapa_atual": draft.etapa_atual,
-                "total_etapas": draft.total_etapas,
-                "status": draft.status,
-                "mensagem": draft.mensagem,
-                "dados_extra": draft.dados_extra,
-                "timestamp": draft.timestamp,
+                **draft.reported(),
             }
         )
         + b"\n"

@@ -156,14 +156,7 @@ def _auth(token: str) -> dict[str, str]:
 
 
 def _http_body(draft: EventDraft) -> bytes:
-    body: dict[str, Any] = {
-        "etapa_atual": draft.etapa_atual,
-        "total_etapas": draft.total_etapas,
-        "status": draft.status,
-        "mensagem": draft.mensagem,
-        "dados_extra": draft.dados_extra,
-        "timestamp": draft.timestamp,
-    }
+    body = draft.reported()
     if draft.publisher:  # the service drops a sequence number it already stored: a retry is never stored twice
         body["publisher"] = {"id": draft.publisher, "sequence": draft.sequence}
     return json.dumps(body, ensure_ascii=False).encode()

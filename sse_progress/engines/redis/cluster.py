@@ -65,20 +65,10 @@ class RedisClusterEngine(RedisEngine):
     name = "redis-cluster"
     publish_script = CLUSTER_PUBLISH_SCRIPT
 
-    def __init__(
-        self,
-        url: str,
-        prefix: str = "rpa",
-        history: int = 1000,
-        ttl: int = 86400,
-        pool_size: int = 2,
-        verify_tls: bool = True,
-    ) -> None:
-        super().__init__(node_url(url), prefix, history, ttl, pool_size, verify_tls)
-        self._index_update = self.cluster.register_script(INDEX_SCRIPT)
-
     def _connect(self, pool_size: int) -> RedisCluster:
+        self.url = node_url(self.url)  # redis+cluster://host:port names the seed node
         self.cluster = RedisCluster.from_url(self.url, max_connections=pool_size, **self._options)
+        self._index_update = self.cluster.register_script(INDEX_SCRIPT)
         self._commands = asyncio.Semaphore(pool_size)
         self.topology = ClusterTopology(self.cluster, self._commands)
         return self.cluster
