@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -52,3 +53,32 @@ def test_a_tracker_survives_bad_server_settings_and_imports_no_server(tmp_path: 
     report = run_job(tmp_path)
     assert report["server_dependencies"] == []
     assert report["server_modules"] == []
+
+
+# Each part may import the parts of a lower rank only (and itself); cli.py and demo.py sit on top.
+RANKS = {"protocol": 0, "config": 0, "exits": 0, "engines": 1, "publisher": 2, "follower": 2, "server": 3}
+TOP = {"cli", "demo", "__init__"}
+PACKAGE = Path(__file__).resolve().parents[2] / "sse_progress"
+
+
+def imported_parts(path: Path) -> set[str]:
+    """The parts of sse_progress a module imports, at module level or inside functions."""
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sse_progress."):
+            parts.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            parts |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("sse_progress.")}
+    return parts
+
+
+def test_each_part_imports_only_the_parts_below_it() -> None:
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        part = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        if part in TOP:
+            continue
+        for imported in imported_parts(path) - {part}:
+            if imported in TOP or RANKS[imported] >= RANKS[part]:
+                upward.append(f"{path.relative_to(PACKAGE)} imports {imported}")
+    assert upward == []

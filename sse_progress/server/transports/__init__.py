@@ -1,1 +1,1 @@
-"""HTTP and WebSocket routes; each reads through the hub or the engine, never Redis directly."""
+"""The live transports: SSE (with poll mode) and WebSocket; each reads through the hub, never Redis directly."""
