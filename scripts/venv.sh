@@ -1,4 +1,5 @@
-# Sourced by scripts/demo and scripts/test: make .venv (once) and install the project into it.
+# Sourced by scripts/demo and scripts/test: make .venv (once) and install the project into it. EXTRAS names the
+# extras: scripts/test installs `test` (which includes `server`), scripts/demo `server` (and `rpa` for --rpa).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${SSE_PROGRESS_VENV:-$ROOT/.venv}"

@@ -64,6 +64,10 @@ def test_lists_sessions_by_status_as_json_and_as_a_table(live: LiveServer) -> No
 
 def test_watch_prints_each_change_as_it_happens(live: LiveServer) -> None:
     session_id = "cli-watch-" + uuid.uuid4().hex[:6]
+    # Known before the watch starts: its first record says the watch is subscribed, so the changes of the
+    # session published after it are changes to the watch, whenever the server's index watch looks next.
+    warm_up = "cli-warm-" + uuid.uuid4().hex[:6]
+    _publish(live, warm_up, 1)
     process = subprocess.Popen(
         [sys.executable, "-m", "sse_progress.cli", "sessions", "--watch", "--json", "--url", live.url],
         cwd=ROOT,
@@ -72,25 +76,23 @@ def test_watch_prints_each_change_as_it_happens(live: LiveServer) -> None:
         text=True,
     )
     seen: list[dict[str, object]] = []
-    finished = threading.Event()
+    subscribed, finished = threading.Event(), threading.Event()
 
     def read() -> None:
         assert process.stdout is not None
         for line in process.stdout:
             record = json.loads(line)
             seen.append(record)
-            # A watch that connects after the job ended lists it among the sessions it already knows.
-            if (
-                record["session_id"] == session_id
-                and record["change"] in ("finished", "known")
-                and record["state"] == "success"
-            ):
+            if record["session_id"] == warm_up:
+                subscribed.set()
+            if record["session_id"] == session_id and record["change"] == "finished":
                 finished.set()
                 return
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
+        assert subscribed.wait(30), seen
         _publish(live, session_id, 1)
         _publish(live, session_id, 4, status="success")
         assert finished.wait(30), seen
