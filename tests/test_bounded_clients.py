@@ -14,14 +14,18 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from sse_progress.engines import MemoryEngine, Page
+from sse_progress.engines import MemoryEngine, Page, SessionView
 from sse_progress.events import EventDraft
-from sse_progress.replay import plan
+from sse_progress.frames import parse_envelope
+from sse_progress.hub import REPLAY_PAGE_SHARE, Hub
+from sse_progress.replay import SessionStream, plan
 
 from .clients import Publisher
 from .conftest import LiveServer
@@ -260,6 +264,12 @@ async def test_twenty_clients_replaying_a_60_mb_history_without_reading_cost_und
     reset_peak_memory(server)
     memory_before = server_memory(server)
     stalled = await asyncio.gather(*[StalledReader.open(server, session, resume="0") for _ in range(20)])
+    for client in stalled:  # each replay has started: events, not an answer saying the store is unavailable
+        async with asyncio.timeout(10):
+            while b"\ndata: " not in client.received:
+                chunk = await client.reader.read(4096)
+                assert chunk, f"the stream ended before its first event: {client.received[-300:]!r}"
+                client.received += chunk
     await asyncio.sleep(3 * HEARTBEAT)  # the pages are read and written until every client's socket is full
     growth = server_memory(server, "VmHWM") - memory_before
     assert growth < 100 * MB, f"the server grew by {growth / MB:.1f} MB"
@@ -302,6 +312,10 @@ def draft(session_id: str, etapa: int, size: int) -> EventDraft:
     return EventDraft(session_id, etapa, 100, status="running", dados_extra={"pad": "x" * size})  # type: ignore[arg-type]
 
 
+def frame_id(envelope: bytes) -> str:
+    return parse_envelope(envelope)[1]
+
+
 async def test_a_page_holds_what_fits_at_least_one_event_and_says_whether_more_follow() -> None:
     engine = MemoryEngine()
     for etapa in range(1, 11):
@@ -318,3 +332,54 @@ async def test_a_page_holds_what_fits_at_least_one_event_and_says_whether_more_f
     assert one.events == whole.events[3:4] and one.more  # an event larger than a page still moves the replay on
     end = await engine.read("s", plan(whole, (0, 0)).frames[-2].id, Page(100 * size, 100))
     assert len(end.events) == 1 and not end.more
+
+
+async def test_a_replay_reads_its_next_page_only_once_the_previous_one_was_taken() -> None:
+    engine = MemoryEngine()
+    for etapa in range(1, 11):
+        event = draft("s", etapa, 1000)
+        engine.publish_now(event if etapa < 10 else replace(event, status="success"))
+    published = [frame_id(envelope) for envelope in (await engine.read("s", (0, 0))).events]
+    size = len((await engine.read("s", (0, 0))).events[0])
+    reads = 0
+    read = engine.read
+
+    async def counted_read(*args: Any) -> SessionView:
+        nonlocal reads
+        reads += 1
+        return await read(*args)
+
+    engine.read = counted_read  # type: ignore[method-assign]
+    hub = Hub(engine, buffer_bytes=REPLAY_PAGE_SHARE * 3 * size, heartbeat=60)
+    await hub.start()
+    stream = await SessionStream.open(hub, "s", "0", "sse")
+    try:
+        batches = stream.batches()
+        got: list[str] = []
+        for page in range(1, 5):
+            got += [frame.id_text for frame in await anext(batches)]
+            assert reads == page  # nothing is read ahead of what the transport took
+        assert got == published
+        with pytest.raises(StopAsyncIteration):
+            await anext(batches)
+    finally:
+        stream.close()
+        await hub.stop()
+
+
+async def test_shutdown_aborts_a_write_blocked_on_a_client_that_does_not_read() -> None:
+    hub = Hub(MemoryEngine(), heartbeat=60)
+    await hub.start()
+    listener = await hub.listen("s", "sse")
+    never_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    listener.task = writer = asyncio.ensure_future(listener.write(never_done))
+    await asyncio.sleep(0)
+    try:
+        hub.close_all()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(2):
+                await writer
+        assert listener.aborted
+    finally:
+        listener.close()
+        await hub.stop()
