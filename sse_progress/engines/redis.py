@@ -112,7 +112,7 @@ if not first then
 end
 local start = '(' .. ARGV[1]
 if ARGV[1] == '-' then start = '-' end
-if ARGV[2] == '' then
+if not ARGV[2] then
   return {snapshot, first[1], redis.call('XRANGE', KEYS[1], start, '+')}
 end
 -- A page: at most ARGV[3] entries and ARGV[2] bytes of envelopes (at least one entry), and whether more follow.
