@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Awaitable
 
 from .coalesce import Coalescer
-from .engines import Engine, EngineUnavailable, Feed, SessionView
+from .engines import Engine, EngineUnavailable, Feed, Page, SessionView
 from .events import EventId
 from .foreign import FOREIGN
 from .frames import ForeignEnvelope, Frame
@@ -20,6 +20,9 @@ from .shutdown import server_is_exiting
 
 SUBSCRIBE_TIMEOUT = 10.0
 SHUTDOWN_POLL_SECONDS = 0.25
+# A replay page holds its envelopes, their encoded frames and the joined write at once: a quarter of the
+# per-client buffer each keeps a replaying client's memory under that buffer whatever the history's size.
+REPLAY_PAGE_SHARE = 4
 
 
 class Listener:
@@ -85,6 +88,8 @@ class Listener:
     def shut_down(self) -> None:
         """The server is shutting down: end this client's stream so it reconnects elsewhere."""
         self.closing = True
+        if self.writing:
+            self.abort()  # a client that is not reading now would hold the exit up until it did
         self._wake()
 
     set = shut_down  # sse-starlette signals shutdown by calling set() on the response's "event"
@@ -148,7 +153,8 @@ class Hub:
         self.buffer_bytes = buffer_bytes
         self.heartbeat = heartbeat
         self.closing = False
-        self._reads: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
+        self.page = Page(max(1, buffer_bytes // REPLAY_PAGE_SHARE), buffer_events)
+        self._reads: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(self._read_page)
         self._ticker: asyncio.Task[None] | None = None
         # Listeners are spread over as many groups as the timer ticks per heartbeat, and each tick beats one
         # group: 10,000 heartbeat writes at once would stall every delivery for a tenth of a second.
@@ -179,8 +185,15 @@ class Hub:
         return self._feed
 
     def read_session(self, session_id: str, after: EventId | None) -> Awaitable[SessionView]:
-        """``Engine.read``, shared by identical requests made before the read starts (see ``coalesce``)."""
+        """``read_page``, shared by identical requests made before the read starts (see ``coalesce``)."""
         return self._reads((session_id, after))
+
+    def read_page(self, session_id: str, after: EventId | None) -> Awaitable[SessionView]:
+        """``Engine.read`` of at most one page of history: a replay continues after it once the client read it."""
+        return self.engine.read(session_id, after, self.page)
+
+    def _read_page(self, key: tuple[str, EventId | None]) -> Awaitable[SessionView]:
+        return self.read_page(*key)
 
     async def listen(self, session_id: str, transport: str) -> Listener:
         """A listener that receives every event published to the session from now on."""
@@ -223,6 +236,8 @@ class Hub:
             await asyncio.sleep(self._tick_seconds)
             if not self.closing and server_is_exiting():
                 self.close_all()
+            if self.closing:
+                self._abort_blocked_writes()
             for listener in list(self._beat_groups[tick % len(self._beat_groups)]):
                 listener.beat()
 
@@ -232,6 +247,13 @@ class Hub:
         for listeners in self._sessions.values():
             for listener in listeners:
                 listener.shut_down()
+
+    def _abort_blocked_writes(self) -> None:
+        """While stopping: a goodbye that does not leave at once goes to a client that is not reading."""
+        for listeners in self._sessions.values():
+            for listener in listeners:
+                if listener.writing:
+                    listener.abort()
 
     def connections(self, session_id: str | None = None) -> int:
         if session_id is not None:

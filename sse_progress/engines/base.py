@@ -51,6 +51,17 @@ class SessionView:
     events: list[bytes] = field(default_factory=list)
     gap: bool = False  # an event after the resume id is no longer retained (trimmed or expired)
     expired: bool = False  # nothing is stored, and the resume id is older than the TTL (see ``outlived``)
+    more: bool = False  # the read stopped at its ``Page`` limit: events after the last one returned may follow
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """At most how much history one read returns, so one client's replay holds a bounded amount of memory.
+
+    Always at least one event, so a history of events each larger than ``max_bytes`` still moves forward."""
+
+    max_bytes: int
+    max_events: int
 
 
 def outlived(after: EventId | None, ttl: int) -> bool:
@@ -99,8 +110,10 @@ class Engine(ABC):
         """Store the event and announce it, atomically. Raises ``SessionTerminal`` after a terminal event."""
 
     @abstractmethod
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
-        """The snapshot, plus the retained events with id > ``after`` (none when ``after`` is None)."""
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
+        """The snapshot, plus the retained events with id > ``after`` (none when ``after`` is None).
+
+        With ``page``, only the first of those events that fit in it, and ``more`` set when it cut the read short."""
 
     @abstractmethod
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed: ...

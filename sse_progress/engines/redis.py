@@ -26,6 +26,7 @@ from .base import (
     EngineMisconfigured,
     Feed,
     MessageHandler,
+    Page,
     Published,
     ResyncHandler,
     SessionTerminal,
@@ -111,7 +112,29 @@ if not first then
 end
 local start = '(' .. ARGV[1]
 if ARGV[1] == '-' then start = '-' end
-return {snapshot, first[1], redis.call('XRANGE', KEYS[1], start, '+')}
+if not ARGV[2] then
+  return {snapshot, first[1], redis.call('XRANGE', KEYS[1], start, '+')}
+end
+-- A page: at most ARGV[3] entries and ARGV[2] bytes of envelopes (at least one entry), and whether more follow.
+-- Read a few entries at a time: one XRANGE of ARGV[3] large entries would copy far more than the page holds.
+local max_events = tonumber(ARGV[3])
+local budget = tonumber(ARGV[2])
+local page = {}
+while true do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 16)
+  for _, entry in ipairs(entries) do
+    local size = #entry[2][2]
+    if #page > 0 and (#page >= max_events or size > budget) then
+      return {snapshot, first[1], page, 1}
+    end
+    page[#page + 1] = entry
+    budget = budget - size
+  end
+  if #entries < 16 then
+    return {snapshot, first[1], page, 0}
+  end
+  start = '(' .. entries[#entries][1]
+end
 """
 
 
@@ -200,7 +223,7 @@ class RedisEngine(Engine):
             log.warning("redis stores events again")
         return published_outcome(draft.session_id, outcome)
 
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
         if after is None:
             argument = ""
         elif after == (0, 0):
@@ -208,8 +231,9 @@ class RedisEngine(Engine):
         else:
             argument = format_event_id(after)
         try:
-            snapshot, marker, entries = await self._read(
-                keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument]
+            limits = [] if page is None else [page.max_bytes, page.max_events]
+            snapshot, marker, entries, *more = await self._read(
+                keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument, *limits]
             )
         except RedisError as error:
             raise unavailable_because(error) from error
@@ -218,7 +242,7 @@ class RedisEngine(Engine):
         if after is None:
             return SessionView(snapshot)
         events = [with_id(fields[1], entry_id.decode()) for entry_id, fields in entries]
-        return SessionView(snapshot, events, gap=_history_missing_after(marker, after))
+        return SessionView(snapshot, events, gap=_history_missing_after(marker, after), more=bool(more and more[0]))
 
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
         return RedisFeed(self.url, self._options, self.keys, on_message, on_resync)

@@ -22,7 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from ..events import EventDraft, EventId
-from .base import Feed, MessageHandler, Published, ResyncHandler, SessionView
+from .base import Feed, MessageHandler, Page, Published, ResyncHandler, SessionView
 from .cluster_url import node_url
 from .redis import (
     READ_SCRIPT,
@@ -115,10 +115,10 @@ class RedisClusterEngine(RedisEngine):
                 raise unavailable_because(error) from error
         return published_outcome(draft.session_id, outcome)
 
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
         async with self._commands:
             try:
-                return await super().read(session_id, after)
+                return await super().read(session_id, after, page)
             except RedisClusterException as error:
                 raise unavailable_because(error) from error
 

@@ -36,6 +36,7 @@ from ..hub import Listener
 from ..metrics import METRICS
 from ..replay import AlreadyFinished, ServerClosing, SessionExpired, SessionStream, SlowConsumer, plan_replay
 from ..service import Service
+from ..stream_socket import cap_send_buffer, drop, transport_of
 from .connection import OpenConnection
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
@@ -107,13 +108,13 @@ async def events(request: Request) -> Response:
         return Response(status_code=204)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service, resume)
-    return EventStream(stream, service.settings.retry_ms, resume)
+    return EventStream(stream, service.settings.retry_ms, resume, service.settings.socket_send_buffer)
 
 
 class EventStream(Response):
     """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
 
-    def __init__(self, stream: SessionStream, retry_ms: int, resume: str | None) -> None:
+    def __init__(self, stream: SessionStream, retry_ms: int, resume: str | None, send_buffer: int = 0) -> None:
         # Not Response.__init__: it would announce a Content-Length for the empty body.
         self.status_code = 200
         self.background = None
@@ -121,17 +122,23 @@ class EventStream(Response):
         self.stream = stream
         self.retry_ms = retry_ms
         self.resume = resume
+        self.send_buffer = send_buffer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = self.stream.listener
         listener.task = asyncio.current_task()
         watcher = asyncio.ensure_future(_notice_departure(receive, listener))
         connection = OpenConnection(listener.session_id, "sse", self.resume)
+        transport = transport_of(send)
+        cap_send_buffer(transport, self.send_buffer)
         reason = "client left"
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
             reason = await _deliver(self.stream, send, connection)
+            if reason == "too slow" and drop(transport):
+                STREAM_ABORTED.set(True)
+                return  # reset: an ordinary end would wait for the client to read what is queued for it
             await _write(send, listener, b"", more_body=False)
         except asyncio.CancelledError:
             if not listener.aborted:
@@ -141,6 +148,7 @@ class EventStream(Response):
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             STREAM_ABORTED.set(True)
             reason = "too slow"
+            drop(transport)  # reset: uvicorn's close would wait, forever, to flush what the client does not read
         finally:
             watcher.cancel()
             listener.task = None
@@ -240,10 +248,12 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
-        replay = await plan_replay(service.engine.read, session_id, resume)
+        # One page: a longer history comes over the next polls, each asking from the last id it got.
+        replay = await plan_replay(service.hub.read_page, session_id, resume)
     except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
-    body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
+    retry_ms = 0 if replay.more else service.settings.poll_ms  # the rest of the history is there already
+    body = retry_line(retry_ms) + b"".join([frame.sse for frame in replay.frames])
     if not replay.frames and resume is None:
         # Nothing published yet: still give the browser an id, so its next poll asks for everything after
         # the start instead of a snapshot that would skip the events in between.
