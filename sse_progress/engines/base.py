@@ -7,6 +7,7 @@ already carry their ``id``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import Any
 
 from ..events import EventDraft, EventId
 from ..session_index import SessionIndex
+
+# A readiness probe must answer before the orchestrator's own timeout, even when the store is frozen.
+PING_TIMEOUT_SECONDS = 2.0
 
 
 class SessionTerminal(Exception):
@@ -108,6 +112,13 @@ class Engine(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise ``EngineUnavailable`` unless the backing store answers."""
+
+    async def ping_within(self, seconds: float = PING_TIMEOUT_SECONDS) -> None:
+        """``ping``, bounded: a frozen store (connections open, nothing answering) would hold it for minutes."""
+        try:
+            await asyncio.wait_for(self.ping(), seconds)
+        except TimeoutError as error:
+            raise EngineUnavailable(f"the event store did not answer within {seconds:g} s") from error
 
     async def verify(self) -> None:
         """At startup: raise ``EngineMisconfigured`` if the store is not what the URL says it is."""
