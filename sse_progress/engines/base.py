@@ -37,6 +37,11 @@ class EngineMisconfigured(Exception):
     """The engine URL names the wrong kind of store; the message says which URL to use instead."""
 
 
+class EngineWrongKind(EngineUnavailable):
+    """The store found after startup is not what the URL says (checked then only if it did not answer); the
+    message says which URL to use. Nothing works until the URL or the store is changed."""
+
+
 class EngineFull(EngineUnavailable):
     """The backing store answers but refuses to store anything more (Redis: maxmemory with noeviction)."""
 
