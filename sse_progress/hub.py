@@ -196,7 +196,7 @@ class Hub:
         if self.closing:
             listener.shut_down()
         try:
-            await self._subscribed(self._ready[session_id])
+            await self._subscribed(session_id, self._ready[session_id])
         except BaseException as error:
             self.release(listener)
             if isinstance(error, OSError):
@@ -204,13 +204,13 @@ class Hub:
             raise
         return listener
 
-    async def _subscribed(self, ready: asyncio.Task[None]) -> None:
+    async def _subscribed(self, session_id: str, ready: asyncio.Task[None]) -> None:
         """Wait for a session's subscription, giving up (``EngineUnavailable``) as soon as it cannot come soon:
         the feed is down, the server is stopping, or ``SUBSCRIBE_TIMEOUT`` passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SUBSCRIBE_TIMEOUT
         while not ready.done():
-            problem = self.feed.problem
+            problem = self.feed.problem_for(session_id)
             if problem is not None:
                 raise EngineUnavailable(f"live feed not delivering: {problem}")
             if self.closing or server_is_exiting():

@@ -229,6 +229,29 @@ async def test_readyz_is_503_while_a_master_is_down() -> None:
         own.stop()
 
 
+async def test_with_a_master_down_sessions_on_the_other_masters_still_stream() -> None:
+    own = RedisClusterNodes()
+    live = LiveServer(own.url)
+    elsewhere, on_the_killed_master = session_id_on_shard(0), session_id_on_shard(1)
+    publisher = Publisher(live.url, live.token(elsewhere, "publish"), elsewhere)
+    try:
+        own.start()
+        live.start()
+        published = await publisher.step(1)
+        async with follow("sse", live.url, on_the_killed_master, live.token(on_the_killed_master)) as follower:
+            assert follower.status_code == 200  # the server now holds a Pub/Sub connection to master 1
+            own.processes[1].kill()
+            wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 503, 20, "/readyz to answer 503")
+        async with follow("sse", live.url, elsewhere, live.token(elsewhere), "0") as stream:
+            assert stream.status_code == 200
+            frame = await stream.next(timeout=10)
+            assert frame is not None and frame.id == published["id"], "a session on a healthy master must stream"
+    finally:
+        await publisher.aclose()
+        live.stop(kill=True)  # this test is about streaming; shutdown with a master down is not its subject
+        own.stop()
+
+
 def test_sync_tracker_publishes_to_the_cluster(
     cluster_server: LiveServer, redis_cluster: RedisClusterNodes, tmp_path: Path
 ) -> None:

@@ -86,6 +86,10 @@ class Feed(ABC):
         """Why the feed does not deliver live events right now (None: it does); ``/readyz`` reports it."""
         return None
 
+    def problem_for(self, session_id: str) -> str | None:
+        """Why this session's live events would not be delivered right now (None: they would, or not known yet)."""
+        return self.problem
+
     @abstractmethod
     async def add(self, session_id: str) -> None:
         """Subscribe; returns once messages for the session will be delivered."""
