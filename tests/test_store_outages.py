@@ -187,7 +187,7 @@ async def test_with_redis_down_a_new_stream_is_told_to_retry_at_once(own_redis: 
         live.stop()
 
 
-async def test_with_redis_frozen_a_stream_is_told_to_retry_and_readyz_answers_within_bounds(
+async def test_with_redis_frozen_a_stream_or_poll_is_told_to_retry_and_readyz_answers_within_bounds(
     own_redis: RedisServer, session_id: str
 ) -> None:
     live = LiveServer(own_redis.url)
@@ -198,11 +198,19 @@ async def test_with_redis_frozen_a_stream_is_told_to_retry_and_readyz_answers_wi
         async with httpx.AsyncClient(timeout=30) as client:
             ready, ready_seconds = await timed_get(client, f"{live.url}/readyz")
             streamed, seconds = await timed_get(client, events_url(live, session_id), token=live.token(session_id))
-        print(f"readyz answered after {ready_seconds:.2f}s, the stream after {seconds:.2f}s with Redis frozen")
+            polled, poll_seconds = await timed_get(
+                client, events_url(live, session_id), token=live.token(session_id), mode="poll"
+            )
+        print(
+            f"readyz answered after {ready_seconds:.2f}s, the stream after {seconds:.2f}s, "
+            f"a poll after {poll_seconds:.2f}s with Redis frozen"
+        )
         assert ready.status_code == 503 and "did not answer within 2 s" in ready.json()["error"]
         assert ready_seconds < 3.0
         assert_try_again(streamed, "event store unavailable", (2000, 5000))
         assert seconds < 4.5, "past the subscribe bound"
+        assert_try_again(polled, "event store unavailable", (2000, 5000))
+        assert poll_seconds < 4.5, "past the poll's read bound"
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
         live.stop()
