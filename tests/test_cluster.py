@@ -394,7 +394,8 @@ def test_a_cluster_node_found_after_startup_is_named_by_publish_read_readyz_and_
     directory = tempfile.mkdtemp(prefix="sse-progress-late-node-")
     node = subprocess.Popen(
         [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", directory, "--cluster-enabled", "yes", "--save", "", "--appendonly", "no"],
+         "--dir", directory, "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+         "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
