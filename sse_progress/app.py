@@ -21,8 +21,8 @@ from starlette.types import Receive, Scope, Send
 
 from .auth import TokenAuthority
 from .config import Settings
-from .engines import Engine, EngineFull, EngineMisconfigured, EngineUnavailable, create_engine
-from .errors import ApiError, error_response, handle_api_error, store_full, store_unavailable
+from .engines import Engine, EngineFull, EngineMisconfigured, EngineUnavailable, EngineWrongKind, create_engine
+from .errors import ApiError, error_response, handle_api_error, store_full, store_misconfigured, store_unavailable
 from .hub import Hub
 from .index_watch import IndexWatch
 from .openapi import openapi_schema
@@ -83,6 +83,8 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, EngineWrongKind):
+        return store_misconfigured(str(exc))
     return store_full() if isinstance(exc, EngineFull) else store_unavailable()
 
 

@@ -18,7 +18,9 @@ from .frames import ForeignEnvelope, Frame
 from .metrics import METRICS
 from .shutdown import server_is_exiting
 
-SUBSCRIBE_TIMEOUT = 10.0
+# Well below uvicorn's graceful shutdown timeout and a proxy's first-byte timeout: a stream that cannot
+# subscribe by then answers "retry" (200) instead of being cut off with a 5xx.
+SUBSCRIBE_TIMEOUT = 3.0
 SHUTDOWN_POLL_SECONDS = 0.25
 # A replay page holds its envelopes, their encoded frames and the joined write at once: a quarter of the
 # per-client buffer each keeps a replaying client's memory under that buffer whatever the history's size.
@@ -207,13 +209,30 @@ class Hub:
         if self.closing:
             listener.shut_down()
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready[session_id]), SUBSCRIBE_TIMEOUT)
+            await self._subscribed(session_id, self._ready[session_id])
         except BaseException as error:
             self.release(listener)
-            if isinstance(error, (TimeoutError, OSError)):
+            if isinstance(error, OSError):
                 raise EngineUnavailable("could not subscribe to the session's events") from error
             raise
         return listener
+
+    async def _subscribed(self, session_id: str, ready: asyncio.Task[None]) -> None:
+        """Wait for a session's subscription, giving up (``EngineUnavailable``) as soon as it cannot come soon:
+        the feed is down, the server is stopping, or ``SUBSCRIBE_TIMEOUT`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT
+        while not ready.done():
+            problem = self.feed.problem_for(session_id)
+            if problem is not None:
+                raise EngineUnavailable(f"live feed not delivering: {problem}")
+            if self.closing or server_is_exiting():
+                raise EngineUnavailable("the server is shutting down")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise EngineUnavailable("could not subscribe to the session's events in time")
+            await asyncio.wait({ready}, timeout=min(remaining, SHUTDOWN_POLL_SECONDS))
+        ready.result()
 
     def release(self, listener: Listener) -> None:
         listeners = self._sessions.get(listener.session_id)

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import httpx
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from .config import Settings
-from .engines import Engine, EngineUnavailable, MemoryEngine, SessionTerminal
+from .engines import Engine, EngineFull, EngineUnavailable, MemoryEngine, SessionTerminal
 from .events import EventDraft, is_valid_session_id
 from .outbox import Outbox, RetrySchedule, default_outbox_dir
 from .sinks import (
@@ -43,6 +43,7 @@ from .sinks import (
     PublishNotAuthorized,
     RedisSink,
     Sink,
+    StoreFull,
     default_json_dir,
     write_json_snapshot,
 )
@@ -156,9 +157,12 @@ class _TrackerBase:
                 self._outbox.path,
             )
             return
+        # A full store answers: "unreachable" would send the operator to the network instead of its memory.
+        problem = "is full" if isinstance(error, (OutOfMemoryError, EngineFull, StoreFull)) else "unreachable"
         log.warning(
-            "session %s: progress store unreachable (%s); %d events wait in %s",
+            "session %s: progress store %s (%s); %d events wait in %s",
             self.session_id,
+            problem,
             error,
             len(self._outbox),
             self._outbox.path,

@@ -7,6 +7,7 @@ already carry their ``id``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import Any
 
 from ..events import EventDraft, EventId
 from ..session_index import SessionIndex
+
+# A readiness probe must answer before the orchestrator's own timeout, even when the store is frozen.
+PING_TIMEOUT_SECONDS = 2.0
 
 
 class SessionTerminal(Exception):
@@ -31,6 +35,11 @@ class EngineUnavailable(Exception):
 
 class EngineMisconfigured(Exception):
     """The engine URL names the wrong kind of store; the message says which URL to use instead."""
+
+
+class EngineWrongKind(EngineUnavailable):
+    """The store found after startup is not what the URL says (checked then only if it did not answer); the
+    message says which URL to use. Nothing works until the URL or the store is changed."""
 
 
 class EngineFull(EngineUnavailable):
@@ -88,6 +97,10 @@ class Feed(ABC):
         """Why the feed does not deliver live events right now (None: it does); ``/readyz`` reports it."""
         return None
 
+    def problem_for(self, session_id: str) -> str | None:
+        """Why this session's live events would not be delivered right now (None: they would, or not known yet)."""
+        return self.problem
+
     @abstractmethod
     async def add(self, session_id: str) -> None:
         """Subscribe; returns once messages for the session will be delivered."""
@@ -121,6 +134,13 @@ class Engine(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise ``EngineUnavailable`` unless the backing store answers."""
+
+    async def ping_within(self, seconds: float = PING_TIMEOUT_SECONDS) -> None:
+        """``ping``, bounded: a frozen store (connections open, nothing answering) would hold it for minutes."""
+        try:
+            await asyncio.wait_for(self.ping(), seconds)
+        except TimeoutError as error:
+            raise EngineUnavailable(f"the event store did not answer within {seconds:g} s") from error
 
     async def verify(self) -> None:
         """At startup: raise ``EngineMisconfigured`` if the store is not what the URL says it is."""

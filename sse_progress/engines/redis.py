@@ -24,6 +24,8 @@ from .base import (
     Engine,
     EngineFull,
     EngineMisconfigured,
+    EngineUnavailable,
+    EngineWrongKind,
     Feed,
     MessageHandler,
     Page,
@@ -202,6 +204,7 @@ class RedisEngine(Engine):
         self.client = aioredis.Redis(connection_pool=pool)
         self._options = options
         self._verified = False  # verify() found a single Redis, not a cluster node
+        self._wrong_kind_logged = False  # a cluster node found after startup is logged once
         self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._read = self.client.register_script(READ_SCRIPT)
@@ -217,7 +220,7 @@ class RedisEngine(Engine):
                 log.error("redis refuses every event: %s; free memory or raise maxmemory", FULL)
             raise EngineFull(FULL) from error
         except RedisError as error:
-            raise unavailable_because(error) from error
+            raise await self._unavailable(error) from error
         if self._full:
             self._full = False
             log.warning("redis stores events again")
@@ -236,7 +239,7 @@ class RedisEngine(Engine):
                 keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument, *limits]
             )
         except RedisError as error:
-            raise unavailable_because(error) from error
+            raise await self._unavailable(error) from error
         if not snapshot or not _written_by_us(session_id, snapshot):
             return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         if after is None:
@@ -256,8 +259,25 @@ class RedisEngine(Engine):
         except RedisError as error:
             raise unavailable_because(error) from error
         except EngineMisconfigured as error:  # Redis was not reachable at startup to be verified then
-            raise unavailable_because(error) from error
+            raise self._wrong_kind(error) from error
         raise_if_full(memory)
+
+    async def _unavailable(self, error: RedisError) -> EngineUnavailable:
+        """What a failed command means: the store unreachable, or — unchecked since startup — the wrong kind."""
+        if not self._verified:
+            try:
+                await self.verify()
+            except EngineMisconfigured as wrong:
+                return self._wrong_kind(wrong)
+            except EngineUnavailable:
+                pass
+        return unavailable_because(error)
+
+    def _wrong_kind(self, error: EngineMisconfigured) -> EngineWrongKind:
+        if not self._wrong_kind_logged:
+            self._wrong_kind_logged = True
+            log.error("the event store found after startup is misconfigured: %s", error)
+        return EngineWrongKind(str(error))
 
     async def verify(self) -> None:
         """A cluster node answers single-node commands for its own slots only: every other session would fail."""

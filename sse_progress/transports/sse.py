@@ -44,6 +44,8 @@ EVENT_STREAM_RAW_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
 ]
+# A poll answers well inside a proxy's first-byte timeout even with Redis frozen (it answers "retry" then).
+POLL_READ_TIMEOUT = 3.0
 EVENTS_PATH = re.compile(r"/sessions/([^/]+)/events")
 STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
 
@@ -249,9 +251,11 @@ async def _sse_starlette_body(stream: SessionStream, retry_ms: int, resume: str 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
         # One page: a longer history comes over the next polls, each asking from the last id it got.
-        replay = await plan_replay(service.hub.read_page, session_id, resume)
+        replay = await asyncio.wait_for(plan_replay(service.hub.read_page, session_id, resume), POLL_READ_TIMEOUT)
     except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
+    except TimeoutError as error:
+        raise EngineUnavailable(f"the event store did not answer within {POLL_READ_TIMEOUT:g} s") from error
     retry_ms = 0 if replay.more else service.settings.poll_ms  # the rest of the history is there already
     body = retry_line(retry_ms) + b"".join([frame.sse for frame in replay.frames])
     if not replay.frames and resume is None:
