@@ -324,13 +324,13 @@ async def test_a_page_holds_what_fits_at_least_one_event_and_says_whether_more_f
     size = len(whole.events[0])
     page = await engine.read("s", (0, 0), Page(max_bytes=3 * size, max_events=100))
     assert page.events == whole.events[:3] and page.more
-    replay = plan(page, (0, 0))
+    replay = plan(page, "s", (0, 0))
     assert replay.more and replay.last_id == replay.frames[-1].id
     rest = await engine.read("s", replay.last_id, Page(max_bytes=100 * size, max_events=4))
     assert rest.events == whole.events[3:7] and rest.more
     one = await engine.read("s", replay.last_id, Page(max_bytes=1, max_events=100))
     assert one.events == whole.events[3:4] and one.more  # an event larger than a page still moves the replay on
-    end = await engine.read("s", plan(whole, (0, 0)).frames[-2].id, Page(100 * size, 100))
+    end = await engine.read("s", plan(whole, "s", (0, 0)).frames[-2].id, Page(100 * size, 100))
     assert len(end.events) == 1 and not end.more
 
 
