@@ -313,7 +313,7 @@ def draft(session_id: str, etapa: int, size: int) -> EventDraft:
 
 
 def frame_id(envelope: bytes) -> str:
-    return parse_envelope(envelope)[1]
+    return parse_envelope(envelope, "s")[1]
 
 
 async def test_a_page_holds_what_fits_at_least_one_event_and_says_whether_more_follow() -> None:
