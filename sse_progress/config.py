@@ -103,6 +103,7 @@ class Settings:
     redis_verify_tls: bool = True
     buffer_events: int = 256
     buffer_bytes: int = 1 << 20
+    socket_send_buffer: int = 65536
     max_connections: int = 20000
     publish_rate: float = 50.0
     log_format: str = "text"
@@ -131,6 +132,7 @@ class Settings:
             redis_verify_tls=store.redis_verify_tls,
             buffer_events=_int(env, "SSE_PROGRESS_BUFFER_EVENTS", 256, minimum=1),
             buffer_bytes=_int(env, "SSE_PROGRESS_BUFFER_BYTES", 1 << 20, minimum=1024),
+            socket_send_buffer=_int(env, "SSE_PROGRESS_SOCKET_SEND_BUFFER", 65536, minimum=0),
             max_connections=_int(env, "SSE_PROGRESS_MAX_CONNECTIONS", 20000, minimum=1),
             publish_rate=_float(env, "SSE_PROGRESS_PUBLISH_RATE", 50.0, minimum=0.0),
             log_format=_choice(env, "SSE_PROGRESS_LOG_FORMAT", ("text", "json")),

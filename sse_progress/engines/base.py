@@ -7,6 +7,7 @@ Pub/Sub). Envelopes cross this interface as JSON bytes that already carry their 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -15,6 +16,9 @@ from typing import Any
 
 from sse_progress.protocol.events import EventDraft, EventId
 from sse_progress.protocol.session_index import SessionIndex
+
+# A readiness probe must answer before the orchestrator's own timeout, even when the store is frozen.
+PING_TIMEOUT_SECONDS = 2.0
 
 
 class SessionTerminal(Exception):
@@ -31,6 +35,11 @@ class EngineUnavailable(Exception):
 
 class EngineMisconfigured(Exception):
     """The engine URL names the wrong kind of store; the message says which URL to use instead."""
+
+
+class EngineWrongKind(EngineUnavailable):
+    """The store found after startup is not what the URL says (checked then only if it did not answer); the
+    message says which URL to use. Nothing works until the URL or the store is changed."""
 
 
 class EngineFull(EngineUnavailable):
@@ -51,6 +60,17 @@ class SessionView:
     events: list[bytes] = field(default_factory=list)
     gap: bool = False  # an event after the resume id is no longer retained (trimmed or expired)
     expired: bool = False  # nothing is stored, and the resume id is older than the TTL (see ``outlived``)
+    more: bool = False  # the read stopped at its ``Page`` limit: events after the last one returned may follow
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """At most how much history one read returns, so one client's replay holds a bounded amount of memory.
+
+    Always at least one event, so a history of events each larger than ``max_bytes`` still moves forward."""
+
+    max_bytes: int
+    max_events: int
 
 
 def outlived(after: EventId | None, ttl: int) -> bool:
@@ -77,6 +97,10 @@ class Feed(ABC):
         """Why the feed does not deliver live events right now (None: it does); ``/readyz`` reports it."""
         return None
 
+    def problem_for(self, session_id: str) -> str | None:
+        """Why this session's live events would not be delivered right now (None: they would, or not known yet)."""
+        return self.problem
+
     @abstractmethod
     async def add(self, session_id: str) -> None:
         """Subscribe; returns once messages for the session will be delivered."""
@@ -99,8 +123,10 @@ class Engine(ABC):
         """Store the event and announce it, atomically. Raises ``SessionTerminal`` after a terminal event."""
 
     @abstractmethod
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
-        """The snapshot, plus the retained events with id > ``after`` (none when ``after`` is None)."""
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
+        """The snapshot, plus the retained events with id > ``after`` (none when ``after`` is None).
+
+        With ``page``, only the first of those events that fit in it, and ``more`` set when it cut the read short."""
 
     @abstractmethod
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed: ...
@@ -108,6 +134,13 @@ class Engine(ABC):
     @abstractmethod
     async def ping(self) -> None:
         """Raise ``EngineUnavailable`` unless the backing store answers."""
+
+    async def ping_within(self, seconds: float = PING_TIMEOUT_SECONDS) -> None:
+        """``ping``, bounded: a frozen store (connections open, nothing answering) would hold it for minutes."""
+        try:
+            await asyncio.wait_for(self.ping(), seconds)
+        except TimeoutError as error:
+            raise EngineUnavailable(f"the event store did not answer within {seconds:g} s") from error
 
     async def verify(self) -> None:
         """At startup: raise ``EngineMisconfigured`` if the store is not what the URL says it is."""

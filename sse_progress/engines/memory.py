@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sse_progress.engines.base import (
     Engine,
     Feed,
     MessageHandler,
+    Page,
     Published,
     ResyncHandler,
     SessionTerminal,
@@ -102,16 +104,17 @@ class MemoryEngine(Engine):
             feed.deliver(draft.session_id, envelope)
         return Published(envelope)
 
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
         session = self._session(session_id)
         if session is None or not session.events:
             return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         snapshot = session.events[-1][1]
         if after is None:
             return SessionView(snapshot)
-        events = [envelope for event_id, envelope in session.events if event_id > after]
+        newer = (envelope for event_id, envelope in session.events if event_id > after)
+        events, more = (list(newer), False) if page is None else _first_page(newer, page)
         # A session that expired and started again has no history before its new first event, like a trimmed one.
-        return SessionView(snapshot, events, gap=session.events[0][0] > after)
+        return SessionView(snapshot, events, gap=session.events[0][0] > after, more=more)
 
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
         feed = MemoryFeed(self, on_message)
@@ -123,6 +126,18 @@ class MemoryEngine(Engine):
 
     async def stats(self) -> dict[str, object]:
         return {"sessions": len(self._sessions)}
+
+
+def _first_page(envelopes: Iterator[bytes], page: Page) -> tuple[list[bytes], bool]:
+    """The envelopes that fit in ``page`` (at least one), and whether any were left out (as READ_SCRIPT does)."""
+    events: list[bytes] = []
+    budget = page.max_bytes
+    for envelope in envelopes:
+        if events and (len(events) == page.max_events or len(envelope) > budget):
+            return events, True
+        events.append(envelope)
+        budget -= len(envelope)
+    return events, False
 
 
 class MemoryFeed(Feed):

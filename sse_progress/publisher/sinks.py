@@ -147,6 +147,10 @@ class HttpPublishError(Exception):
     """The service refused an event for a reason a retry will not fix (an invalid event)."""
 
 
+class StoreFull(OSError):
+    """The service answered 507: its store refuses new events until memory is freed (transient: retried)."""
+
+
 class PublishNotAuthorized(HttpPublishError):
     """The service refused the token (401 or 403): the events are fine and wait for a token that is."""
 
@@ -165,6 +169,8 @@ def _http_body(draft: EventDraft) -> bytes:
 def _http_envelope(draft: EventDraft, response: httpx.Response) -> bytes:
     if response.status_code == 409:
         raise SessionTerminal(draft.session_id, None)
+    if response.status_code == 507:
+        raise StoreFull(f"progress service answered 507: {response.text}")
     if response.status_code >= 500 or response.status_code == 429:
         raise OSError(f"progress service answered {response.status_code}")  # transient: fall back, retry later
     if response.status_code in (401, 403):

@@ -27,10 +27,10 @@ from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from sse_progress.config import StoreSettings
-from sse_progress.engines import Engine, EngineUnavailable, MemoryEngine, SessionTerminal
+from sse_progress.engines import Engine, EngineFull, EngineUnavailable, MemoryEngine, SessionTerminal
 from sse_progress.protocol.events import EventDraft, is_valid_session_id
 from sse_progress.publisher.outbox import Outbox, RetrySchedule, default_outbox_dir
 from sse_progress.publisher.sinks import (
@@ -44,6 +44,7 @@ from sse_progress.publisher.sinks import (
     PublishNotAuthorized,
     RedisSink,
     Sink,
+    StoreFull,
     default_json_dir,
     write_json_snapshot,
 )
@@ -164,9 +165,12 @@ class _TrackerBase:
                 self._outbox.path,
             )
             return
+        # A full store answers: "unreachable" would send the operator to the network instead of its memory.
+        problem = "is full" if isinstance(error, (OutOfMemoryError, EngineFull, StoreFull)) else "unreachable"
         log.warning(
-            "session %s: progress store unreachable (%s); %d events wait in %s",
+            "session %s: progress store %s (%s); %d events wait in %s",
             self.session_id,
+            problem,
             error,
             len(self._outbox),
             self._outbox.path,

@@ -20,11 +20,24 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sse_progress.config import Settings
-from sse_progress.engines import Engine, EngineFull, EngineMisconfigured, EngineUnavailable, create_engine
+from sse_progress.engines import (
+    Engine,
+    EngineFull,
+    EngineMisconfigured,
+    EngineUnavailable,
+    EngineWrongKind,
+    create_engine,
+)
 from sse_progress.protocol.errors import ApiError
 from sse_progress.protocol.session_index import StallRule
 from sse_progress.protocol.tokens import TokenAuthority
-from sse_progress.server.errors import error_response, handle_api_error, store_full, store_unavailable
+from sse_progress.server.errors import (
+    error_response,
+    handle_api_error,
+    store_full,
+    store_misconfigured,
+    store_unavailable,
+)
 from sse_progress.server.headers import ResponseHeaders
 from sse_progress.server.hub import Hub
 from sse_progress.server.index_watch import IndexWatch
@@ -86,6 +99,8 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
 
 
 async def handle_unavailable(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, EngineWrongKind):
+        return store_misconfigured(str(exc))
     return store_full() if isinstance(exc, EngineFull) else store_unavailable()
 
 

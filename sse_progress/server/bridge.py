@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import Gauge
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
@@ -57,13 +58,20 @@ log = logging.getLogger("sse_progress.bridge")
 NEEDED_FLAGS = "K$"  # keyspace events (K) of string commands ($: SET, SETEX…)
 SCAN_EVERY_SECONDS = 2.0  # when keyspace notifications are off: the older PHP poller's rhythm
 MAX_PENDING_READS = 10_000
-FIRST_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 10.0
+# Short: while the bridge is away, a bot that only SETs overwrites steps nobody reads; one attempt a second costs
+# Redis nothing.
+FIRST_BACKOFF_SECONDS = 0.25
+MAX_BACKOFF_SECONDS = 1.0
 CONNECTION_NAME = "the bridge's Pub/Sub connection"
 MAX_REMEMBERED_SESSIONS = 100_000
 LOCK_STRIPES = 64
 SHOWN_BYTES = 80
 NEEDS_REDIS = "sse-progress: the bridge needs one Redis: --redis-url or REDIS_URL (redis://, rediss://, unix://)"
+
+# Registered by ``run_bridge`` only: a server's /metrics would otherwise show a bridge that is not there.
+CONNECTED = Gauge(
+    "sse_progress_bridge_connected", "1 while the bridge follows Redis, 0 while it reconnects", registry=None
+)
 
 
 class Bridge:
@@ -107,6 +115,7 @@ class Bridge:
         self.counts: Counter[str] = Counter()
         self.notifications = False
         self._following = False
+        self._reconnecting = False  # the next "ready" follows a lost connection: counted as a reconnect
 
     async def run(self) -> None:
         backoff = FIRST_BACKOFF_SECONDS
@@ -116,10 +125,15 @@ class Bridge:
             except (RedisError, OSError, EngineUnavailable) as error:
                 if self._following:  # it was working: a fresh outage starts with a short wait
                     self._following = False
+                    CONNECTED.set(0)
                     backoff = FIRST_BACKOFF_SECONDS
-                log.warning("lost Redis (%s); reconnecting and rescanning in %.1fs", error, backoff)
+                log.warning("lost Redis (%s); reconnecting and rescanning in %.2fs", error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                # A pooled connection opened before a Redis restart is dead, and would fail the first command
+                # after it: every connection of the next attempt is a new one.
+                await self._client.connection_pool.disconnect()
+                self._reconnecting = True
 
     async def close(self) -> None:
         for task in list(self._pending_reads.values()):
@@ -151,6 +165,10 @@ class Bridge:
                 scanned,
             )
             self._following = True
+            CONNECTED.set(1)
+            if self._reconnecting:
+                self._reconnecting = False
+                METRICS.redis_reconnects.inc()
             if not self.notifications:
                 rescans = asyncio.create_task(self._rescan_forever())
             while True:
@@ -332,6 +350,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
+        METRICS.registry.register(CONNECTED)
         try:
             start_http_server(args.metrics_port, args.metrics_host, registry=METRICS.registry)
         except OSError as error:

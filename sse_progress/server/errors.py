@@ -21,6 +21,11 @@ def store_unavailable() -> JSONResponse:
     return error_response(503, "the event store is unavailable; retry shortly", {"Retry-After": "2"})
 
 
+def store_misconfigured(reason: str) -> JSONResponse:
+    """No retry helps: the reason says what to change (the engine URL or the store)."""
+    return error_response(503, f"the event store is misconfigured: {reason}")
+
+
 def store_full() -> JSONResponse:
     return error_response(
         507, "event store is full: it refuses new events until memory is freed; retry later", {"Retry-After": "30"}

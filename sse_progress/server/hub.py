@@ -10,7 +10,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable
 
-from sse_progress.engines import Engine, EngineUnavailable, Feed, SessionView
+from sse_progress.engines import Engine, EngineUnavailable, Feed, Page, SessionView
 from sse_progress.engines.foreign import FOREIGN
 from sse_progress.protocol.events import EventId
 from sse_progress.protocol.frames import ForeignEnvelope, Frame
@@ -18,8 +18,13 @@ from sse_progress.server.coalesce import Coalescer
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.shutdown import server_is_exiting
 
-SUBSCRIBE_TIMEOUT = 10.0
+# Well below uvicorn's graceful shutdown timeout and a proxy's first-byte timeout: a stream that cannot
+# subscribe by then answers "retry" (200) instead of being cut off with a 5xx.
+SUBSCRIBE_TIMEOUT = 3.0
 SHUTDOWN_POLL_SECONDS = 0.25
+# A replay page holds its envelopes, their encoded frames and the joined write at once: a quarter of the
+# per-client buffer each keeps a replaying client's memory under that buffer whatever the history's size.
+REPLAY_PAGE_SHARE = 4
 
 
 class Listener:
@@ -85,6 +90,8 @@ class Listener:
     def shut_down(self) -> None:
         """The server is shutting down: end this client's stream so it reconnects elsewhere."""
         self.closing = True
+        if self.writing:
+            self.abort()  # a client that is not reading now would hold the exit up until it did
         self._wake()
 
     def resync(self) -> None:
@@ -146,7 +153,8 @@ class Hub:
         self.buffer_bytes = buffer_bytes
         self.heartbeat = heartbeat
         self.closing = False
-        self._reads: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(lambda key: engine.read(*key))
+        self.page = Page(max(1, buffer_bytes // REPLAY_PAGE_SHARE), buffer_events)
+        self._reads: Coalescer[tuple[str, EventId | None], SessionView] = Coalescer(self._read_page)
         self._ticker: asyncio.Task[None] | None = None
         # Listeners are spread over as many groups as the timer ticks per heartbeat, and each tick beats one
         # group: 10,000 heartbeat writes at once would stall every delivery for a tenth of a second.
@@ -177,8 +185,15 @@ class Hub:
         return self._feed
 
     def read_session(self, session_id: str, after: EventId | None) -> Awaitable[SessionView]:
-        """``Engine.read``, shared by identical requests made before the read starts (see ``coalesce``)."""
+        """``read_page``, shared by identical requests made before the read starts (see ``coalesce``)."""
         return self._reads((session_id, after))
+
+    def read_page(self, session_id: str, after: EventId | None) -> Awaitable[SessionView]:
+        """``Engine.read`` of at most one page of history: a replay continues after it once the client read it."""
+        return self.engine.read(session_id, after, self.page)
+
+    def _read_page(self, key: tuple[str, EventId | None]) -> Awaitable[SessionView]:
+        return self.read_page(*key)
 
     async def listen(self, session_id: str, transport: str) -> Listener:
         """A listener that receives every event published to the session from now on."""
@@ -192,13 +207,30 @@ class Hub:
         if self.closing:
             listener.shut_down()
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready[session_id]), SUBSCRIBE_TIMEOUT)
+            await self._subscribed(session_id, self._ready[session_id])
         except BaseException as error:
             self.release(listener)
-            if isinstance(error, (TimeoutError, OSError)):
+            if isinstance(error, OSError):
                 raise EngineUnavailable("could not subscribe to the session's events") from error
             raise
         return listener
+
+    async def _subscribed(self, session_id: str, ready: asyncio.Task[None]) -> None:
+        """Wait for a session's subscription, giving up (``EngineUnavailable``) as soon as it cannot come soon:
+        the feed is down, the server is stopping, or ``SUBSCRIBE_TIMEOUT`` passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT
+        while not ready.done():
+            problem = self.feed.problem_for(session_id)
+            if problem is not None:
+                raise EngineUnavailable(f"live feed not delivering: {problem}")
+            if self.closing or server_is_exiting():
+                raise EngineUnavailable("the server is shutting down")
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise EngineUnavailable("could not subscribe to the session's events in time")
+            await asyncio.wait({ready}, timeout=min(remaining, SHUTDOWN_POLL_SECONDS))
+        ready.result()
 
     def release(self, listener: Listener) -> None:
         listeners = self._sessions.get(listener.session_id)
@@ -221,6 +253,8 @@ class Hub:
             await asyncio.sleep(self._tick_seconds)
             if not self.closing and server_is_exiting():
                 self.close_all()
+            if self.closing:
+                self._abort_blocked_writes()
             for listener in list(self._beat_groups[tick % len(self._beat_groups)]):
                 listener.beat()
 
@@ -230,6 +264,13 @@ class Hub:
         for listeners in self._sessions.values():
             for listener in listeners:
                 listener.shut_down()
+
+    def _abort_blocked_writes(self) -> None:
+        """While stopping: a goodbye that does not leave at once goes to a client that is not reading."""
+        for listeners in self._sessions.values():
+            for listener in listeners:
+                if listener.writing:
+                    listener.abort()
 
     def connections(self, session_id: str | None = None) -> int:
         if session_id is not None:

@@ -7,6 +7,10 @@ mean the store's ids went backwards (see ``SessionCursor._resync``).
 
 When the store no longer holds the history a client resumes from, the client gets a ``reset`` frame: at once
 with the snapshot if there is one, else with the first event that arrives.
+
+History is read one page at a time (see ``Hub.read_page``): the next page is read only once the transport has
+written the previous one, which waits while the client is not reading, so a replay's memory is bounded
+whatever the history's size.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class Replay:
     last_id: EventId | None = None
     # The client named an event but nothing is stored any more: the next frame it gets must be a reset.
     reset_next: bool = False
+    # The history was read up to a page's limit: more events may be stored after ``last_id``.
+    more: bool = False
 
     @property
     def finished(self) -> bool:
@@ -110,7 +116,7 @@ def plan_from_view(view: SessionView, session_id: str, after: EventId | str | No
     if after > latest.id or (view.gap and (after != ZERO_ID or not view.events)):
         return _reset(view.snapshot, session_id)
     frames = _history_frames(view.events, session_id)
-    return Replay(frames, frames[-1].id if frames else after)
+    return Replay(frames, frames[-1].id if frames else after, more=view.more and bool(frames))
 
 
 def _history_frames(envelopes: list[bytes], session_id: str) -> list[Frame]:
@@ -132,12 +138,14 @@ def _reset(envelope: bytes, session_id: str) -> Replay:
 class SessionCursor:
     """A client's stream: the replayed frames, then live frames in batches, ending after the terminal one."""
 
-    def __init__(self, engine: Engine, listener: Listener, replay: Replay) -> None:
+    def __init__(self, engine: Engine, listener: Listener, replay: Replay, read: Reader | None = None) -> None:
         self.engine = engine
         self.listener = listener
         self.replay = replay
+        self.read = engine.read if read is None else read
         self.last_id = replay.last_id
         self.reset_next = replay.reset_next
+        self.paging = replay.more  # the history after ``last_id`` is still to be read, page by page
         self.status: str | None = replay.frames[-1].status if replay.frames else None
 
     @classmethod
@@ -150,7 +158,7 @@ class SessionCursor:
             listener.close()
             raise
         METRICS.events_replayed.inc(len(replay.frames))
-        return cls(hub.engine, listener, replay)
+        return cls(hub.engine, listener, replay, hub.read_page)
 
     async def batches(self) -> AsyncIterator[list[Frame]]:
         replay, self.replay = self.replay, Replay()  # the replayed frames are not kept for the stream's life
@@ -160,7 +168,11 @@ class SessionCursor:
                 return
         listener = self.listener
         while True:
-            await listener.wait()
+            if self.paging:
+                # Live events that arrived meanwhile are stored too: the next page has them (or a later one).
+                listener.needs_resync = True
+            else:
+                await listener.wait()
             if listener.gone:
                 return
             if listener.closing:
@@ -205,6 +217,7 @@ class SessionCursor:
             replay = _reset(finished.terminal.data, self.listener.session_id)
         METRICS.events_replayed.inc(len(replay.frames))
         self.reset_next = self.reset_next or replay.reset_next
+        self.paging = replay.more
         return replay.frames
 
     async def _reread(self) -> Replay:
@@ -212,10 +225,10 @@ class SessionCursor:
         resume = None if self.last_id is None else format_event_id(self.last_id)
         for delay in RESYNC_RETRY_DELAYS:
             try:
-                return await plan_replay(self.engine.read, self.listener.session_id, resume)
+                return await plan_replay(self.read, self.listener.session_id, resume)
             except EngineUnavailable:
                 await asyncio.sleep(delay)
-        return await plan_replay(self.engine.read, self.listener.session_id, resume)
+        return await plan_replay(self.read, self.listener.session_id, resume)
 
     def _live(self, frames: list[Frame]) -> list[Frame] | None:
         """The live frames to send, or None when one of them is not newer than the last sent (see ``_resync``)."""

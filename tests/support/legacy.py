@@ -99,5 +99,12 @@ class BridgeProcess(ManagedProcess):
                 counts[key] = float(value)
         return counts
 
+    def metric(self, name: str) -> float:
+        """One unlabelled metric of the bridge's ``/metrics``."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        values = [float(line.split()[1]) for line in text.splitlines() if line.split(" ")[0] == name]
+        assert values, f"{name} is not among the bridge's metrics"
+        return values[0]
+
     def total(self, outcome: str) -> float:
         return sum(value for (_, kind), value in self.counts().items() if kind == outcome)

@@ -232,3 +232,79 @@ async def test_redis_restarted_the_bridge_reconnects_turns_notifications_on_agai
         bridge.stop()
         live.stop()
         store.stop()
+
+
+async def test_redis_killed_mid_job_the_bridge_is_live_within_2s_and_bridges_every_later_step(session_id: str) -> None:
+    store = RedisServer(persistent=True)  # appendfsync always: every step acknowledged before the kill survives it
+    store.start()
+    bridge = BridgeProcess(store.url)
+    bridge.start()
+    steps = 50
+    written_at: dict[int, float] = {}  # when the write that stored each step was sent
+    writer = redis.Redis.from_url(store.url)
+    tracker = OldTracker(writer, session_id, total_etapas=steps, publish=False)
+
+    def job() -> None:
+        for etapa in range(1, steps + 1):
+            while True:  # the bot retries a write until Redis takes it
+                sent = time.monotonic()
+                try:
+                    tracker.update_progress(etapa, f"Processando tela {etapa}...")
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            written_at[etapa] = sent
+            time.sleep(0.2)
+
+    try:
+        running = asyncio.create_task(asyncio.to_thread(job))
+        while len(written_at) < 10:
+            await asyncio.sleep(0.05)
+        store.stop(kill=True)
+        await asyncio.sleep(2)
+        store.start()
+        back = time.monotonic()
+        await asyncio.to_thread(
+            wait_until, lambda: bridge.log.read_text().count("bridge ready") == 2, 30, "the bridge to reconnect"
+        )
+        live_at = time.monotonic()
+        print(f"bridge live again {live_at - back:.2f}s after Redis answered")
+        # Its first attempt once Redis answers succeeds: no connection from before the restart is used.
+        assert "lost Redis" not in bridge.log.read_text().rsplit("set notify-keyspace-events", 1)[1]
+        await running
+        stream = f"rpa:events:{{{session_id}}}"
+        await asyncio.to_thread(
+            wait_until,
+            lambda: any(json.loads(f[b"e"])["etapa_atual"] == steps for _, f in writer.xrange(stream)),
+            15,
+            "the last step to be bridged",
+        )
+        stored = [json.loads(fields[b"e"])["etapa_atual"] for _, fields in writer.xrange(stream)]
+        assert stored == sorted(set(stored)), "in order, once each"
+        later = [etapa for etapa, sent in written_at.items() if sent > live_at]
+        missed = sorted(set(later) - set(stored))
+        print(f"{len(later)} steps written once the bridge was live again; missed: {missed}")
+        assert later and missed == []
+        assert live_at - back < 2.5
+    finally:
+        writer.close()
+        bridge.stop()
+        store.stop()
+
+
+async def test_the_bridge_metrics_show_a_redis_outage_and_count_its_reconnect() -> None:
+    store = RedisServer()
+    store.start()
+    bridge = BridgeProcess(store.url)
+    bridge.start()
+    try:
+        assert bridge.metric("sse_progress_bridge_connected") == 1
+        assert bridge.metric("sse_progress_redis_reconnects_total") == 0
+        store.stop(kill=True)
+        wait_until(lambda: bridge.metric("sse_progress_bridge_connected") == 0, 10, "the gauge to show the outage")
+        store.start()
+        wait_until(lambda: bridge.metric("sse_progress_bridge_connected") == 1, 10, "the gauge to show the return")
+        assert bridge.metric("sse_progress_redis_reconnects_total") == 1
+    finally:
+        bridge.stop()
+        store.stop()

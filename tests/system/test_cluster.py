@@ -6,6 +6,9 @@ The replay contract itself runs against the cluster in test_replay_contract.py.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -225,6 +228,29 @@ async def test_readyz_is_503_while_a_master_is_down() -> None:
         own.stop()
 
 
+async def test_with_a_master_down_sessions_on_the_other_masters_still_stream() -> None:
+    own = RedisClusterNodes()
+    live = LiveServer(own.url)
+    elsewhere, on_the_killed_master = session_id_on_shard(0), session_id_on_shard(1)
+    publisher = Publisher(live.url, live.token(elsewhere, "publish"), elsewhere)
+    try:
+        own.start()
+        live.start()
+        published = await publisher.step(1)
+        async with follow("sse", live.url, on_the_killed_master, live.token(on_the_killed_master)) as follower:
+            assert follower.status_code == 200  # the server now holds a Pub/Sub connection to master 1
+            own.processes[1].kill()
+            wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 503, 20, "/readyz to answer 503")
+        async with follow("sse", live.url, elsewhere, live.token(elsewhere), "0") as stream:
+            assert stream.status_code == 200
+            frame = await stream.next(timeout=10)
+            assert frame is not None and frame.id == published["id"], "a session on a healthy master must stream"
+    finally:
+        await publisher.aclose()
+        live.stop(kill=True)  # this test is about streaming; shutdown with a master down is not its subject
+        own.stop()
+
+
 def test_sync_tracker_publishes_to_the_cluster(
     cluster_server: LiveServer, redis_cluster: RedisClusterNodes, tmp_path: Path
 ) -> None:
@@ -348,3 +374,57 @@ def test_a_redis_url_naming_a_cluster_node_is_refused_at_startup(redis_cluster: 
         live.start()
     assert "is a Redis Cluster node" in str(refused.value) and "redis+cluster://" in str(refused.value)
     live.process = None
+
+
+class ServerBeforeItsStore(LiveServer):
+    """A server started while its Redis is not there yet: the process answering is all ``start`` waits for."""
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def test_a_cluster_node_found_after_startup_is_named_by_publish_read_readyz_and_one_error_log(session_id: str) -> None:
+    port = free_port()
+    live = ServerBeforeItsStore(f"redis://127.0.0.1:{port}")
+    live.start()
+    directory = tempfile.mkdtemp(prefix="sse-progress-late-node-")
+    node = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", directory, "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with redis.Redis(port=port) as admin:
+            wait_until(lambda: _answers(admin), 10, "the cluster node")
+        publish = {"Authorization": f"Bearer {live.token(session_id, 'publish')}"}
+        answers = [
+            httpx.post(f"{live.url}/sessions/{session_id}/events", json={"etapa_atual": 1, "total_etapas": 3},
+                       headers=publish, timeout=10)
+            for _ in range(3)
+        ]  # fmt: skip
+        answers.append(httpx.get(f"{live.url}/sessions/{session_id}", params={"token": live.token(session_id)}))
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            error = answer.json()["error"]
+            assert "is a Redis Cluster node" in error and "redis+cluster://" in error, error
+            assert "retry shortly" not in error
+        ready = httpx.get(f"{live.url}/readyz", timeout=10)
+        assert ready.status_code == 503 and "redis+cluster://" in ready.json()["error"]
+        logged = [line for line in live.log.read_text().splitlines() if "is a Redis Cluster node" in line]
+        assert len(logged) == 1 and "misconfigured" in logged[0], logged
+    finally:
+        live.stop()
+        node.terminate()
+        node.wait(10)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False

@@ -140,7 +140,7 @@ def ws_url(live: LiveServer, session_id: str, token: str | None) -> str:
     return live.url.replace("http://", "ws://") + f"/ws/sessions/{session_id}{query}"
 
 
-async def test_a_websocket_that_stops_reading_is_closed_with_1013_and_counted(redis_url: str, session_id: str) -> None:
+async def test_a_websocket_that_stops_reading_is_reset_and_counted(redis_url: str, session_id: str) -> None:
     # A long heartbeat: only the overflow of the 8-frame buffer may cut the client off.
     live = LiveServer(redis_url, env={"SSE_PROGRESS_BUFFER_EVENTS": "8", "SSE_PROGRESS_HEARTBEAT": "60"})
     live.start()
@@ -181,10 +181,11 @@ async def test_a_websocket_that_stops_reading_is_closed_with_1013_and_counted(re
             await reader
             assert healthy_ids == published, "the healthy client missed or repeated an event"
             with pytest.raises(websockets.ConnectionClosed) as closed:
-                while True:  # what was already on its way, then the close
+                while True:  # what got through before the reset, then the end
                     await slow.recv()
-        assert closed.value.rcvd is not None
-        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1013, "too slow")
+        # Reset, not closed: a close frame would wait behind what the client does not read, and so would the
+        # server's memory and socket.
+        assert closed.value.rcvd is None
     finally:
         await publisher.aclose()
         live.stop()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import httpx
+import pytest
 import redis
 
+from sse_progress import ProgressTracker
 from tests.support.processes import LiveServer, RedisServer, wait_until
 
 
@@ -36,6 +41,38 @@ async def test_a_full_redis_answers_507_logs_an_error_and_fails_readiness_until_
             assert (await client.post(f"/sessions/{session_id}/events", json=event, headers=headers)).status_code == 201
             wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 10, "/readyz to answer 200")
             assert "stores events again" in live.log.read_text()
+    finally:
+        store.config_set("maxmemory", 0)
+        store.close()
+        live.stop()
+
+
+@pytest.mark.parametrize("tipo", ["redis", "http"])
+def test_a_tracker_reports_a_full_store_as_full_not_unreachable(
+    own_redis: RedisServer, session_id: str, tipo: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    store = redis.Redis.from_url(own_redis.url)
+    try:
+        with ProgressTracker(
+            session_id=session_id,
+            tipo=tipo,  # type: ignore[arg-type]
+            redis_url=own_redis.url,
+            base_url=live.url,
+            token=live.token(session_id, "publish"),
+            json_dir=tmp_path,
+            outbox_dir=tmp_path,
+        ) as tracker:
+            tracker.update_progress(1, "um")
+            store.config_set("maxmemory-policy", "noeviction")
+            store.config_set("maxmemory", store.info("memory")["used_memory"] // 2)
+            with caplog.at_level(logging.WARNING, logger="sse_progress.tracker"):
+                tracker.update_progress(2, "dois")
+            store.config_set("maxmemory", 0)
+        reported = [r.getMessage() for r in caplog.records if r.name == "sse_progress.tracker"]
+        assert any("progress store is full" in message for message in reported), reported
+        assert not any("unreachable" in message for message in reported), reported
     finally:
         store.config_set("maxmemory", 0)
         store.close()

@@ -213,3 +213,89 @@ async def test_operator_endpoints_during_an_outage_answer_503_json_and_the_watch
         wait_until(lambda: "session index readable again" in live.log.read_text(), 30, "the recovery line")
     finally:
         live.stop()
+
+
+async def timed_get(client: httpx.AsyncClient, url: str, **params: str) -> tuple[httpx.Response, float]:
+    began = time.monotonic()
+    response = await client.get(url, params=params)
+    return response, time.monotonic() - began
+
+
+async def test_with_redis_down_a_new_stream_is_told_to_retry_at_once(own_redis: RedisServer, session_id: str) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    token = live.token(session_id)
+    try:
+        own_redis.stop(kill=True)
+        wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 503, 10, "/readyz to see the outage")
+        await asyncio.sleep(0.5)  # the feed's connection is closed by the kill: it has noticed by now
+        async with httpx.AsyncClient(timeout=30) as client:
+            streamed, seconds = await timed_get(client, events_url(live, session_id), token=token)
+        assert_try_again(streamed, "event store unavailable", (2000, 5000))
+        print(f"stream told to retry after {seconds:.3f}s with Redis down")
+        assert seconds < 1.0
+        began = time.monotonic()
+        async with websockets.connect(ws_url(live, session_id, token), open_timeout=30) as socket:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(socket.recv(), 30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        print(f"websocket told to retry after {time.monotonic() - began:.3f}s with Redis down")
+        assert time.monotonic() - began < 1.0
+    finally:
+        live.stop()
+
+
+async def test_with_redis_frozen_a_stream_or_poll_is_told_to_retry_and_readyz_answers_within_bounds(
+    own_redis: RedisServer, session_id: str
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    assert own_redis.process is not None
+    try:
+        own_redis.process.send_signal(signal.SIGSTOP)  # connections stay open; nothing answers
+        async with httpx.AsyncClient(timeout=30) as client:
+            ready, ready_seconds = await timed_get(client, f"{live.url}/readyz")
+            streamed, seconds = await timed_get(client, events_url(live, session_id), token=live.token(session_id))
+            polled, poll_seconds = await timed_get(
+                client, events_url(live, session_id), token=live.token(session_id), mode="poll"
+            )
+        print(
+            f"readyz answered after {ready_seconds:.2f}s, the stream after {seconds:.2f}s, "
+            f"a poll after {poll_seconds:.2f}s with Redis frozen"
+        )
+        assert ready.status_code == 503 and "did not answer within 2 s" in ready.json()["error"]
+        assert ready_seconds < 3.0
+        assert_try_again(streamed, "event store unavailable", (2000, 5000))
+        assert seconds < 4.5, "past the subscribe bound"
+        assert_try_again(polled, "event store unavailable", (2000, 5000))
+        assert poll_seconds < 4.5, "past the poll's read bound"
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+        live.stop()
+
+
+async def test_sigterm_while_a_stream_waits_on_a_frozen_redis_answers_200_and_retry(
+    own_redis: RedisServer, session_id: str
+) -> None:
+    live = LiveServer(own_redis.url)
+    live.start()
+    assert own_redis.process is not None and live.process is not None
+    try:
+        own_redis.process.send_signal(signal.SIGSTOP)
+        async with httpx.AsyncClient(timeout=30) as client:
+            waiting = asyncio.ensure_future(
+                client.get(events_url(live, session_id), params={"token": live.token(session_id)})
+            )
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            live.process.send_signal(signal.SIGTERM)
+            terminated = time.monotonic()
+            streamed = await waiting
+        seconds = time.monotonic() - terminated
+        print(f"the waiting stream answered {seconds:.2f}s after SIGTERM")
+        assert_try_again(streamed, "event store unavailable", (2000, 5000))
+        assert seconds < 1.5
+        live.process.wait(10)
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+        live.stop()

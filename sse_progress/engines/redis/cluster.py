@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
-from sse_progress.engines.base import Feed, MessageHandler, Published, ResyncHandler, SessionView
+from sse_progress.engines.base import Feed, MessageHandler, Page, Published, ResyncHandler, SessionView
 from sse_progress.engines.redis.cluster_feed import RedisClusterFeed
 from sse_progress.engines.redis.cluster_url import node_url
 from sse_progress.engines.redis.engine import RedisEngine, raise_if_full
@@ -86,10 +86,10 @@ class RedisClusterEngine(RedisEngine):
                 raise unavailable_because(error) from error
         return published_outcome(draft.session_id, outcome)
 
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
         async with self._commands:
             try:
-                return await super().read(session_id, after)
+                return await super().read(session_id, after, page)
             except RedisClusterException as error:
                 raise unavailable_because(error) from error
 

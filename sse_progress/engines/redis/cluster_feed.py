@@ -100,6 +100,11 @@ class RedisClusterFeed(Feed):
                 return shard.problem
         return None
 
+    def problem_for(self, session_id: str) -> str | None:
+        # Only the session's own shard matters, once it has lost its connection (a first connect is no fault).
+        shard = self._home.get(session_id)
+        return shard.problem if shard is not None and shard.interrupted else None
+
     async def remove(self, session_id: str) -> None:
         shard = self._home.pop(session_id, None)
         if shard is not None:
@@ -171,6 +176,7 @@ class ShardSubscription:
         self.sessions: set[str] = set()
         self.connected = False
         self.problem: str | None = f"connecting to redis shard {address[0]}:{address[1]} pub/sub"
+        self.interrupted = False  # the connection was lost and is not back yet
         self._feed = feed
         self._client = client
         self._keys = keys
@@ -253,6 +259,7 @@ class ShardSubscription:
                 first = False
                 failures = 0
                 self.problem = None
+                self.interrupted = False
                 self._resync_acknowledged(None)
                 await self._read(pubsub)
             except asyncio.CancelledError:
@@ -260,6 +267,7 @@ class ShardSubscription:
             except Exception as error:
                 self.connected = False
                 self._pubsub = None
+                self.interrupted = True
                 failures += 1
                 where = "redis shard {}:{} pub/sub".format(*self.address)
                 if isinstance(error, (RedisError, OSError, ShardMoved)):

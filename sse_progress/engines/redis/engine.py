@@ -18,8 +18,11 @@ from sse_progress.engines.base import (
     Engine,
     EngineFull,
     EngineMisconfigured,
+    EngineUnavailable,
+    EngineWrongKind,
     Feed,
     MessageHandler,
+    Page,
     Published,
     ResyncHandler,
     SessionView,
@@ -62,6 +65,7 @@ class RedisEngine(Engine):
         self.ttl = ttl
         self._options = connection_options(url, verify_tls)
         self._full = False  # the last publish was refused for want of memory (logged once until one succeeds)
+        self._wrong_kind_logged = False  # a cluster node found after startup is logged once
         scripts_run_on = self._connect(pool_size)
         self._publish = scripts_run_on.register_script(self.publish_script)
         self._read = scripts_run_on.register_script(READ_SCRIPT)
@@ -88,13 +92,13 @@ class RedisEngine(Engine):
                 log.error("redis refuses every event: %s; free memory or raise maxmemory", FULL)
             raise EngineFull(FULL) from error
         except RedisError as error:
-            raise unavailable_because(error) from error
+            raise await self._unavailable(error) from error
         if self._full:
             self._full = False
             log.warning("redis stores events again")
         return published_outcome(draft.session_id, outcome)
 
-    async def read(self, session_id: str, after: EventId | None) -> SessionView:
+    async def read(self, session_id: str, after: EventId | None, page: Page | None = None) -> SessionView:
         if after is None:
             argument = ""
         elif after == (0, 0):
@@ -102,17 +106,18 @@ class RedisEngine(Engine):
         else:
             argument = format_event_id(after)
         try:
-            snapshot, marker, entries = await self._read(
-                keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument]
+            limits = [] if page is None else [page.max_bytes, page.max_events]
+            snapshot, marker, entries, *more = await self._read(
+                keys=[self.keys.stream(session_id), self.keys.snapshot(session_id)], args=[argument, *limits]
             )
         except RedisError as error:
-            raise unavailable_because(error) from error
+            raise await self._unavailable(error) from error
         if not snapshot or not _written_by_us(session_id, snapshot):
             return SessionView(snapshot=None, expired=outlived(after, self.ttl))
         if after is None:
             return SessionView(snapshot)
         events = [with_id(fields[1], entry_id.decode()) for entry_id, fields in entries]
-        return SessionView(snapshot, events, gap=_history_missing_after(marker, after))
+        return SessionView(snapshot, events, gap=_history_missing_after(marker, after), more=bool(more and more[0]))
 
     def open_feed(self, on_message: MessageHandler, on_resync: ResyncHandler) -> Feed:
         return RedisFeed(self.url, self._options, self.keys, on_message, on_resync)
@@ -126,8 +131,25 @@ class RedisEngine(Engine):
         except RedisError as error:
             raise unavailable_because(error) from error
         except EngineMisconfigured as error:  # Redis was not reachable at startup to be verified then
-            raise unavailable_because(error) from error
+            raise self._wrong_kind(error) from error
         raise_if_full(memory)
+
+    async def _unavailable(self, error: RedisError) -> EngineUnavailable:
+        """What a failed command means: the store unreachable, or — unchecked since startup — the wrong kind."""
+        if not self._verified:
+            try:
+                await self.verify()
+            except EngineMisconfigured as wrong:
+                return self._wrong_kind(wrong)
+            except EngineUnavailable:
+                pass
+        return unavailable_because(error)
+
+    def _wrong_kind(self, error: EngineMisconfigured) -> EngineWrongKind:
+        if not self._wrong_kind_logged:
+            self._wrong_kind_logged = True
+            log.error("the event store found after startup is misconfigured: %s", error)
+        return EngineWrongKind(str(error))
 
     async def verify(self) -> None:
         """A cluster node answers single-node commands for its own slots only: every other session would fail."""

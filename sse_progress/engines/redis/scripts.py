@@ -94,7 +94,29 @@ if not first then
 end
 local start = '(' .. ARGV[1]
 if ARGV[1] == '-' then start = '-' end
-return {snapshot, first[1], redis.call('XRANGE', KEYS[1], start, '+')}
+if not ARGV[2] then
+  return {snapshot, first[1], redis.call('XRANGE', KEYS[1], start, '+')}
+end
+-- A page: at most ARGV[3] entries and ARGV[2] bytes of envelopes (at least one entry), and whether more follow.
+-- Read a few entries at a time: one XRANGE of ARGV[3] large entries would copy far more than the page holds.
+local max_events = tonumber(ARGV[3])
+local budget = tonumber(ARGV[2])
+local page = {}
+while true do
+  local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 16)
+  for _, entry in ipairs(entries) do
+    local size = #entry[2][2]
+    if #page > 0 and (#page >= max_events or size > budget) then
+      return {snapshot, first[1], page, 1}
+    end
+    page[#page + 1] = entry
+    budget = budget - size
+  end
+  if #entries < 16 then
+    return {snapshot, first[1], page, 0}
+  end
+  start = '(' .. entries[#entries][1]
+end
 """
 
 

@@ -52,7 +52,7 @@ async def readyz(request: Request) -> Response:
                 engine:
                   type: string
       "503":
-        description: the event store does not answer, is full, or the live feed is not delivering
+        description: the event store does not answer (within 2 s), is full, or the live feed is not delivering
         content:
           application/json:
             schema:
@@ -68,7 +68,7 @@ async def readyz(request: Request) -> Response:
     """
     service = Service.of(request)
     try:
-        await service.engine.ping()
+        await service.engine.ping_within()
     except EngineUnavailable as error:
         return JSONResponse({"status": "unavailable", "engine": service.engine.name, "error": str(error)}, 503)
     # The store may answer while live delivery is down: streams would get heartbeats only.

@@ -44,6 +44,7 @@ from sse_progress.server.replay import (
     plan_replay,
 )
 from sse_progress.server.service import Service
+from sse_progress.server.stream_socket import cap_send_buffer, drop, transport_of
 from sse_progress.server.transports.connection import ConnectionRecord
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
@@ -51,6 +52,8 @@ EVENT_STREAM_RAW_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
 ]
+# A poll answers well inside a proxy's first-byte timeout even with Redis frozen (it answers "retry" then).
+POLL_READ_TIMEOUT = 3.0
 STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
 
 
@@ -105,13 +108,13 @@ async def events(request: Request) -> Response:
         return Response(status_code=204)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service, resume)
-    return SseResponse(stream, service.settings.retry_ms, resume)
+    return SseResponse(stream, service.settings.retry_ms, resume, service.settings.socket_send_buffer)
 
 
 class SseResponse(Response):
     """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
 
-    def __init__(self, stream: SessionCursor, retry_ms: int, resume: str | None) -> None:
+    def __init__(self, stream: SessionCursor, retry_ms: int, resume: str | None, send_buffer: int = 0) -> None:
         # Not Response.__init__: it would announce a Content-Length for the empty body.
         self.status_code = 200
         self.background = None
@@ -119,17 +122,23 @@ class SseResponse(Response):
         self.stream = stream
         self.retry_ms = retry_ms
         self.resume = resume
+        self.send_buffer = send_buffer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = self.stream.listener
         listener.task = asyncio.current_task()
         watcher = asyncio.ensure_future(_notice_departure(receive, listener))
         connection = ConnectionRecord(listener.session_id, "sse", self.resume)
+        transport = transport_of(send)
+        cap_send_buffer(transport, self.send_buffer)
         reason = "client left"
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
             reason = await _deliver(self.stream, send, connection)
+            if reason == "too slow" and drop(transport):
+                STREAM_ABORTED.set(True)
+                return  # reset: an ordinary end would wait for the client to read what is queued for it
             await _write(send, listener, b"", more_body=False)
         except asyncio.CancelledError:
             if not listener.aborted:
@@ -139,6 +148,7 @@ class SseResponse(Response):
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             STREAM_ABORTED.set(True)
             reason = "too slow"
+            drop(transport)  # reset: uvicorn's close would wait, forever, to flush what the client does not read
         finally:
             watcher.cancel()
             listener.task = None
@@ -246,10 +256,14 @@ async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
-        replay = await plan_replay(service.engine.read, session_id, resume)
+        # One page: a longer history comes over the next polls, each asking from the last id it got.
+        replay = await asyncio.wait_for(plan_replay(service.hub.read_page, session_id, resume), POLL_READ_TIMEOUT)
     except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
-    body = retry_line(service.settings.poll_ms) + b"".join([frame.sse for frame in replay.frames])
+    except TimeoutError as error:
+        raise EngineUnavailable(f"the event store did not answer within {POLL_READ_TIMEOUT:g} s") from error
+    retry_ms = 0 if replay.more else service.settings.poll_ms  # the rest of the history is there already
+    body = retry_line(retry_ms) + b"".join([frame.sse for frame in replay.frames])
     if not replay.frames and resume is None:
         # Nothing published yet: still give the browser an id, so its next poll asks for everything after
         # the start instead of a snapshot that would skip the events in between.

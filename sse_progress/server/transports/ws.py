@@ -18,6 +18,7 @@ from sse_progress.protocol.tokens import Role
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.replay import AlreadyFinished, ServerClosing, SessionCursor, SessionExpired, SlowConsumer
 from sse_progress.server.service import Service
+from sse_progress.server.stream_socket import cap_send_buffer, drop, transport_of
 from sse_progress.server.transports.connection import ConnectionRecord
 
 log = logging.getLogger("sse_progress.connections")
@@ -101,9 +102,12 @@ class WebSocketConnection:
         self.service = service
         self.stream = stream
         self.connection = ConnectionRecord(stream.listener.session_id, "ws", resume)
+        # Starlette wraps ``send`` in a closure; uvicorn's ``receive`` is a method of the protocol holding it.
+        self.transport = transport_of(websocket._send) or transport_of(websocket._receive)
 
     async def run(self) -> None:
         listener = self.stream.listener
+        cap_send_buffer(self.transport, self.service.settings.socket_send_buffer)
         sender = asyncio.ensure_future(self._deliver())
         receiver = asyncio.ensure_future(self._receive())
         # The hub cancels the sender when it is blocked writing to a client that stopped reading.
@@ -118,6 +122,8 @@ class WebSocketConnection:
             self.stream.close()
             code, reason = self._ending(sender, receiver)
             self.connection.closed(reason)
+        if reason == "too slow" and drop(self.transport):
+            return  # reset: a 1013 would queue behind what the client does not read, and never reach it
         if code is not None:
             await _close(self.websocket, code, reason)
 
