@@ -31,6 +31,7 @@ log = logging.getLogger("sse_progress.feed")
 IDLE_PING_SECONDS = 10.0
 # Short: reconnecting costs one connection attempt per process, and every watcher waits for it.
 MAX_BACKOFF_SECONDS = 2.0
+MIN_RETRY_GAP = 0.1
 
 
 class RedisFeed(Feed):
@@ -52,6 +53,9 @@ class RedisFeed(Feed):
         self._pubsub: PubSub | None = None
         self.connected = False
         self._problem: str | None = "connecting to redis pub/sub"
+        # Set by a new watcher while the connection is down: try again now rather than at the end of the backoff,
+        # so a stream opened right after Redis came back is served instead of told to retry.
+        self._retry_now = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sse-progress-feed")
 
     @property
@@ -61,6 +65,8 @@ class RedisFeed(Feed):
     async def add(self, session_id: str) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wanted.add(session_id)
+        if not self.connected:
+            self._retry_now.set()
         groups = self._waiters.setdefault(session_id, deque())
         pubsub = self._pubsub
         sends = pubsub is not None and self.connected
@@ -120,18 +126,26 @@ class RedisFeed(Feed):
                 delay = backoff(failures)
                 self._problem = f"redis pub/sub connection lost ({error}); reconnecting"
                 log.warning("redis pub/sub connection lost (%s); retrying in %.2fs", error, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
             except Exception as error:
                 # Whatever ended the reader, live delivery must not end with it: start again and resync.
                 failures += 1
                 self._problem = f"redis pub/sub reader failed ({error!r}); restarting"
                 log.error("redis pub/sub reader failed; restarting it and resyncing open streams", exc_info=error)
-                await asyncio.sleep(backoff(failures))
+                await self._pause(backoff(failures))
             finally:
                 self.connected = False
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+
+    async def _pause(self, delay: float) -> None:
+        """The backoff before the next attempt, cut short when a new watcher asks (never under MIN_RETRY_GAP:
+        a burst of new watchers during an outage costs one attempt per gap, not one each)."""
+        self._retry_now.clear()
+        await asyncio.sleep(min(delay, MIN_RETRY_GAP))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retry_now.wait(), max(0.0, delay - MIN_RETRY_GAP))
 
     def _take_over_waiters(self) -> None:
         """On a new connection, one SUBSCRIBE per wanted session serves all its waiters: one group each.
