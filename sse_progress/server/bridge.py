@@ -177,7 +177,7 @@ class Bridge:
             if rescans is not None:
                 rescans.cancel()
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8.2
 
     async def _enable_notifications(self) -> bool:
         """Whether SETs of legacy keys are announced; turns the needed flags on where CONFIG is allowed."""

@@ -245,7 +245,7 @@ class ShardSubscription:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                await pubsub.connect()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8.2
                 carried = self._take_over_waiters()
                 self._pubsub = pubsub
                 self.connected = True  # from here on, a new session sends its own SSUBSCRIBE
@@ -286,7 +286,7 @@ class ShardSubscription:
                 self.connected = False
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8.2
 
     def _take_over_waiters(self) -> list[str]:
         """The sessions to subscribe on a new connection, each with one group: every waiter of that session."""

@@ -137,7 +137,7 @@ class RedisFeed(Feed):
                 self.connected = False
                 self._pubsub = None
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8.2
 
     async def _pause(self, delay: float) -> None:
         """The backoff before the next attempt, cut short when a new watcher asks (never under MIN_RETRY_GAP:
