@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 from prometheus_client import Gauge
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.retry import Retry
 
 from sse_progress.config import ConfigError, Settings
 from sse_progress.engines import EngineUnavailable, SessionTerminal

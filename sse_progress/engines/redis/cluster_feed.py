@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
-from redis.retry import Retry
 
 from sse_progress.engines.base import Feed, MessageHandler, ResyncHandler
 from sse_progress.engines.redis.cluster_url import node_url
