@@ -50,15 +50,17 @@ def reset_peak_memory(server: LiveServer) -> None:
         clear.write("5")  # resets VmHWM to the current RSS
 
 
-def established(server: LiveServer, client_port: int) -> list[tuple[int, int]]:
-    """(Recv-Q, Send-Q) of each ESTABLISHED server-side socket connected to ``client_port``."""
+def server_sockets(server: LiveServer, client_port: int) -> list[tuple[int, int]]:
+    """(Recv-Q, Send-Q) of each server-side socket connected to ``client_port``, in any state: a socket closed
+    with a FIN rather than reset stays in FIN-WAIT-1 holding its Send-Q, which is the cost being bounded."""
     out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{server.port} and dport = :{client_port} )"],
+        ["ss", "-tnH", "state", "connected", f"( sport = :{server.port} and dport = :{client_port} )"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [(int(line.split()[0]), int(line.split()[1])) for line in out.splitlines() if line.strip()]
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    return [(int(row[1]), int(row[2])) for row in rows if row[0] != "TIME-WAIT"]  # TIME-WAIT holds no data
 
 
 class ConnectionWatch:
@@ -73,7 +75,7 @@ class ConnectionWatch:
 
     async def _sample(self) -> None:
         while True:
-            sockets = await asyncio.to_thread(established, self.server, self.client_port)
+            sockets = await asyncio.to_thread(server_sockets, self.server, self.client_port)
             if not sockets:
                 self.gone_at = time.monotonic()
                 return
@@ -189,7 +191,7 @@ async def test_sigterm_does_not_wait_for_a_client_blocked_in_a_write(redis_url: 
         watch = ConnectionWatch(server, client_port(stalled))
         await publish(server, session_id, 60, PADDING)  # more than the capped kernel queue and transport hold
         await asyncio.sleep(0.5)
-        assert established(server, client_port(stalled)), "the stalled client should still be connected"
+        assert server_sockets(server, client_port(stalled)), "the stalled client should still be connected"
         assert await sigterm_exit_seconds(server) < 2.0
         watch.task.cancel()
     finally:
