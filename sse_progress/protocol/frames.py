@@ -50,9 +50,10 @@ def parse_envelope(envelope_json: bytes, session_id: str) -> tuple[dict[str, Any
 
 
 class Frame:
-    """One event ready for the wire. ``sse`` and ``text`` are computed at most once per event."""
+    """One event ready for the wire. Each encoding (``sse``, ``sse_chunk``, ``ws_message``, ``text``) is computed
+    at most once per event, by the first client that needs it, and shared by all."""
 
-    __slots__ = ("_sse", "_text", "data", "id", "id_text", "kind", "status")
+    __slots__ = ("_sse", "_sse_chunk", "_text", "_ws_message", "data", "id", "id_text", "kind", "status")
 
     def __init__(self, event_id: EventId, id_text: str, kind: FrameKind, data: bytes, status: str) -> None:
         self.id = event_id
@@ -61,6 +62,8 @@ class Frame:
         self.data = data
         self.status = status
         self._sse: bytes | None = None
+        self._sse_chunk: bytes | None = None
+        self._ws_message: bytes | None = None
         self._text: str | None = None
 
     @classmethod
@@ -86,6 +89,20 @@ class Frame:
                 (b"id: ", self.id_text.encode(), b"\nevent: ", self.kind.encode(), b"\ndata: ", self.data, b"\n\n")
             )
         return self._sse
+
+    @property
+    def sse_chunk(self) -> bytes:
+        """``sse`` as one HTTP/1.1 chunk: the bytes a stream writes straight to its socket."""
+        if self._sse_chunk is None:
+            self._sse_chunk = http_chunk(self.sse)
+        return self._sse_chunk
+
+    @property
+    def ws_message(self) -> bytes:
+        """``data`` as one unmasked, uncompressed WebSocket text frame: the same bytes for every client."""
+        if self._ws_message is None:
+            self._ws_message = websocket_text_frame(self.data)
+        return self._ws_message
 
     @property
     def text(self) -> str:
@@ -123,3 +140,24 @@ def try_again_body(problem: str, window_ms: tuple[int, int]) -> bytes:
 
 
 HEARTBEAT = b": ping\n\n"
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk (RFC 9112 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+HEARTBEAT_CHUNK = http_chunk(HEARTBEAT)
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """One final text frame from server to client (RFC 6455 5.2): unmasked, so the same for every client; RSV1
+    clear, which permessage-deflate allows for a message sent uncompressed (RFC 7692 6.1)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload

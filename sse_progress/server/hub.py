@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from sse_progress.engines import Engine, EngineUnavailable, Feed, Page, SessionView
 from sse_progress.engines.foreign import FOREIGN
@@ -17,6 +17,7 @@ from sse_progress.protocol.frames import ForeignEnvelope, Frame
 from sse_progress.server.coalesce import Coalescer
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.shutdown import server_is_exiting
+from sse_progress.server.stream_socket import SocketWriter
 
 # Well below uvicorn's graceful shutdown timeout and a proxy's first-byte timeout: a stream that cannot
 # subscribe by then answers "retry" (200) instead of being cut off with a 5xx.
@@ -32,9 +33,9 @@ class Listener:
     """One client's view of a session's live events: a bounded buffer and a wake-up signal."""
 
     __slots__ = (
-        "_hub", "_waiter", "_woken", "aborted", "beat_group", "closing", "frames", "gone", "heartbeat_due",
-        "needs_resync", "overflowed", "pending_bytes", "session_id", "stall_mark", "task", "transport", "writes",
-        "writing",
+        "_hub", "_offer", "_waiter", "_woken", "aborted", "beat_group", "closing", "frames", "gone",
+        "heartbeat_due", "needs_resync", "overflowed", "pending_bytes", "session_id", "stall_mark", "task",
+        "transport", "writer", "writes", "writing",
     )  # fmt: skip
 
     def __init__(self, hub: Hub, session_id: str, transport: str, beat_group: set[Listener]) -> None:
@@ -58,23 +59,41 @@ class Listener:
         self.aborted = False
         self.gone = False
         self.heartbeat_due = False
+        # While its stream waits with nothing queued, a live frame may go straight to the client's socket:
+        # ``_offer`` writes it (see ``SessionCursor.offer``), ``writer`` judges the socket at heartbeats.
+        self._offer: Callable[[Frame], bool] | None = None
+        self.writer: SocketWriter | None = None
         self.beat_group = beat_group  # the hub's heartbeat group this listener belongs to
         beat_group.add(self)
 
-    def push(self, frame: Frame) -> None:
+    def push(self, frame: Frame) -> bool:
+        """Deliver ``frame``: True when it was written to the client's socket at once, False when it was
+        queued for the stream's task (or dropped, past the bound)."""
+        offer = self._offer
+        if offer is not None:
+            if offer(frame):
+                if self.writer is not None and self.writer.over_limit():
+                    self._overflow()
+                return True
+            self._offer = None  # queued from now on, so that nothing overtakes this frame
         if self.overflowed:
-            return
+            return False
         self.frames.append(frame)
         self.pending_bytes += len(frame.data)
         if len(self.frames) > self._hub.buffer_events or self.pending_bytes > self._hub.buffer_bytes:
-            # A client that cannot keep up is cut off rather than allowed to grow server memory; it resumes
-            # from the stream with its last id.
-            self.overflowed = True
-            self.frames = []
-            self.pending_bytes = 0
-            METRICS.slow_consumer_disconnects.inc()
-            if self.writing:
-                self.abort()  # blocked in a write to a client that stopped reading: a wake-up would never arrive
+            self._overflow()
+        self._wake()
+        return False
+
+    def _overflow(self) -> None:
+        """A client that cannot keep up is cut off rather than allowed to grow server memory; it resumes from the
+        stream with its last id."""
+        self.overflowed = True
+        self.frames = []
+        self.pending_bytes = 0
+        METRICS.slow_consumer_disconnects.inc()
+        if self.writing:
+            self.abort()  # blocked in a write to a client that stopped reading: a wake-up would never arrive
         self._wake()
 
     def abort(self) -> None:
@@ -101,6 +120,16 @@ class Listener:
 
     def beat(self) -> None:
         """Called by the hub's timer once per heartbeat interval."""
+        if self._offer is not None and self.writer is not None:
+            # Waiting with nothing queued: the heartbeat goes straight to the socket too, unless the bytes
+            # already there have not moved since the last one.
+            if self.writer.stalled():
+                self._overflow()
+            elif not self.writer.heartbeat():
+                self._wake()  # the connection is closing: the stream's task finds out why
+            return
+        if self.writer is not None:
+            self.writer.forget_progress()
         if self.writing:
             if self.stall_mark == self.writes:
                 # The same write was in progress at the previous beat: the client stopped reading.
@@ -122,17 +151,22 @@ class Listener:
             self.writing = False
         self.writes += 1
 
-    async def wait(self) -> None:
+    async def wait(self, offer: Callable[[Frame], bool] | None = None) -> None:
+        """Wait to be woken; meanwhile, when given, ``offer`` may write live frames straight to the socket (it
+        returns False for a frame the stream's task must handle). The first wake-up ends that."""
         if not self._woken:
             self._waiter = asyncio.get_running_loop().create_future()
+            self._offer = offer
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                self._offer = None
         self._woken = False
 
     def _wake(self) -> None:
         self._woken = True
+        self._offer = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -166,6 +200,8 @@ class Hub:
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._feed: Feed | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._written_sse = METRICS.events_delivered.labels("sse")
+        self._written_ws = METRICS.events_delivered.labels("ws")
 
     async def start(self) -> None:
         self._feed = self.engine.open_feed(self._on_message, self._on_resync)
@@ -301,8 +337,18 @@ class Hub:
         except ForeignEnvelope as error:
             FOREIGN.skipped("channel", session_id, str(error))
             return
+        sse = ws = 0
         for listener in listeners:
-            listener.push(frame)
+            if listener.push(frame):
+                if listener.transport == "sse":
+                    sse += 1
+                else:
+                    ws += 1
+        # Frames written straight to sockets are counted here, once per event rather than once per client.
+        if sse:
+            self._written_sse.inc(sse)
+        if ws:
+            self._written_ws.inc(ws)
 
     def _on_resync(self) -> None:
         METRICS.redis_reconnects.inc()

@@ -147,6 +147,7 @@ class SessionCursor:
         self.reset_next = replay.reset_next
         self.paging = replay.more  # the history after ``last_id`` is still to be read, page by page
         self.status: str | None = replay.frames[-1].status if replay.frames else None
+        self.sent = 0  # events given to the client: yielded in batches or written by ``offer``
 
     @classmethod
     async def open(cls, hub: Hub, session_id: str, resume: str | None, transport: str) -> SessionCursor:
@@ -163,6 +164,7 @@ class SessionCursor:
     async def batches(self) -> AsyncIterator[list[Frame]]:
         replay, self.replay = self.replay, Replay()  # the replayed frames are not kept for the stream's life
         if replay.frames:
+            self.sent += len(replay.frames)
             yield replay.frames
             if replay.finished:
                 return
@@ -172,7 +174,8 @@ class SessionCursor:
                 # Live events that arrived meanwhile are stored too: the next page has them (or a later one).
                 listener.needs_resync = True
             else:
-                await listener.wait()
+                # Caught up: live frames may skip this task and go straight to the socket until a wake-up.
+                await listener.wait(None if listener.writer is None or self.reset_next else self.offer)
             if listener.gone:
                 return
             if listener.closing:
@@ -200,6 +203,21 @@ class SessionCursor:
                     return
             self._advance(batch)
             yield batch
+
+    def offer(self, frame: Frame) -> bool:
+        """Write a live frame straight to the client's socket, while the stream waits with nothing queued (see
+        ``Listener.wait``). False for a frame that needs the stream's task: a terminal one (the stream ends after
+        it), one not newer than the last sent (see ``_resync``), or a connection that is closing."""
+        last = self.last_id
+        if frame.terminal or (last is not None and frame.id <= last):
+            return False
+        writer = self.listener.writer
+        if writer is None or not writer.deliver(frame):
+            return False
+        self.last_id = frame.id
+        self.status = frame.status
+        self.sent += 1
+        return True
 
     async def _resync(self) -> list[Frame]:
         """Re-read everything after the last id sent.
@@ -251,6 +269,7 @@ class SessionCursor:
     def _advance(self, batch: list[Frame]) -> None:
         self.last_id = batch[-1].id
         self.status = batch[-1].status
+        self.sent += len(batch)
 
     def close(self) -> None:
         self.listener.close()

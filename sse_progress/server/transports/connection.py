@@ -11,17 +11,17 @@ from sse_progress.server.metrics import METRICS
 class ConnectionRecord:
     """Counts a stream as open and logs it; ``closed()`` undoes the count and logs how it went."""
 
-    __slots__ = ("sent", "session_id", "started", "transport")
+    __slots__ = ("session_id", "started", "transport")
 
     def __init__(self, session_id: str, transport: str, resume: str | None) -> None:
         self.session_id = session_id
         self.transport = transport
         self.started = time.monotonic()
-        self.sent = 0
         METRICS.open_connections.labels(transport).inc()
         log_connection_opened(session_id, transport, resume)
 
-    def closed(self, reason: str) -> None:
+    def closed(self, reason: str, sent: int) -> None:
+        """The stream ended for ``reason`` after giving its client ``sent`` events."""
         METRICS.open_connections.labels(self.transport).dec()
         duration = time.monotonic() - self.started
-        log_connection_closed(self.session_id, self.transport, duration, self.sent, reason)
+        log_connection_closed(self.session_id, self.transport, duration, sent, reason)

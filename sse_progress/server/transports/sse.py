@@ -2,7 +2,9 @@
 
 The stream is written by ``SseResponse``, a small ASGI response: after the headers it writes pre-encoded
 frames straight to the server's ``send`` (the app routes streams past its middleware), one write per
-wake-up, with no timer or wrapper per connection and one extra task that notices the client leaving. The
+wake-up, with no timer or wrapper per connection and one extra task that notices the client leaving. Under
+uvicorn, live frames that find the stream caught up skip even that: the hub's fan-out writes their pre-framed
+chunk to the socket itself (see ``stream_socket.SocketWriter``); elsewhere every frame goes through ``send``. The
 hub's single timer sends the heartbeats, aborts writes to clients that stopped reading, and ends every stream
 when the server stops. ``SSE_PROGRESS_RESPONDER=sse-starlette`` serves streams with sse-starlette's
 ``EventSourceResponse`` instead.
@@ -44,7 +46,7 @@ from sse_progress.server.replay import (
     plan_replay,
 )
 from sse_progress.server.service import Service
-from sse_progress.server.stream_socket import cap_send_buffer, drop, transport_of
+from sse_progress.server.stream_socket import cap_send_buffer, chunked_writer_of, drop, transport_of
 from sse_progress.server.transports.connection import ConnectionRecord
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
@@ -108,13 +110,22 @@ async def events(request: Request) -> Response:
         return Response(status_code=204)
     if service.settings.responder == "sse-starlette":
         return _sse_starlette_response(stream, service, resume)
-    return SseResponse(stream, service.settings.retry_ms, resume, service.settings.socket_send_buffer)
+    return SseResponse(
+        stream, service.settings.retry_ms, resume, service.settings.socket_send_buffer, service.settings.buffer_bytes
+    )
 
 
 class SseResponse(Response):
     """Writes one session's stream to one client until the terminal event, a shutdown, or the client leaves."""
 
-    def __init__(self, stream: SessionCursor, retry_ms: int, resume: str | None, send_buffer: int = 0) -> None:
+    def __init__(
+        self,
+        stream: SessionCursor,
+        retry_ms: int,
+        resume: str | None,
+        send_buffer: int = 0,
+        buffer_bytes: int = 1 << 20,
+    ) -> None:
         # Not Response.__init__: it would announce a Content-Length for the empty body.
         self.status_code = 200
         self.background = None
@@ -123,6 +134,7 @@ class SseResponse(Response):
         self.retry_ms = retry_ms
         self.resume = resume
         self.send_buffer = send_buffer
+        self.buffer_bytes = buffer_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = self.stream.listener
@@ -135,7 +147,8 @@ class SseResponse(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
-            reason = await _deliver(self.stream, send, connection)
+            listener.writer = chunked_writer_of(send, self.buffer_bytes)
+            reason = await _deliver(self.stream, send)
             if reason == "too slow" and drop(transport):
                 STREAM_ABORTED.set(True)
                 return  # reset: an ordinary end would wait for the client to read what is queued for it
@@ -152,12 +165,13 @@ class SseResponse(Response):
         finally:
             watcher.cancel()
             listener.task = None
+            listener.writer = None
             self.stream.close()
-            connection.closed(reason)
+            connection.closed(reason, self.stream.sent)
 
 
-async def _deliver(stream: SessionCursor, send: Send, connection: ConnectionRecord) -> str:
-    """Writes every batch, counting the events sent on ``connection``; returns why the stream ended."""
+async def _deliver(stream: SessionCursor, send: Send) -> str:
+    """Writes every batch the stream's task handles; returns why the stream ended."""
     listener = stream.listener
     delivered = METRICS.events_delivered.labels("sse")
     try:
@@ -168,7 +182,6 @@ async def _deliver(stream: SessionCursor, send: Send, connection: ConnectionReco
             # One write per wake-up: frames that arrived together leave together.
             await _write(send, listener, batch[0].sse if len(batch) == 1 else b"".join([f.sse for f in batch]))
             delivered.inc(len(batch))
-            connection.sent += len(batch)
     except SlowConsumer:
         return "too slow"
     except EngineUnavailable:
@@ -238,7 +251,6 @@ async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str 
             if batch:  # sse-starlette sends its own heartbeats
                 yield b"".join([frame.sse for frame in batch])
                 delivered.inc(len(batch))
-                connection.sent += len(batch)
         reason = "finished"
     except SlowConsumer:
         reason = "too slow"
@@ -251,7 +263,7 @@ async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str 
         yield shutdown_retry_line()
     finally:
         stream.close()
-        connection.closed(reason)
+        connection.closed(reason, stream.sent)
 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:

@@ -1,4 +1,8 @@
-"""WebSocket: the same frames and replay as SSE, one JSON text message per frame."""
+"""WebSocket: the same frames and replay as SSE, one JSON text message per frame.
+
+Under uvicorn's sans-I/O and wsproto protocols, a live frame that finds the stream caught up is written by the
+hub's fan-out as a pre-encoded WebSocket frame (see ``stream_socket.WebSocketWriter``); everything else, and
+every frame under other servers, goes through ``send``."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from sse_progress.protocol.tokens import Role
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.replay import AlreadyFinished, ServerClosing, SessionCursor, SessionExpired, SlowConsumer
 from sse_progress.server.service import Service
-from sse_progress.server.stream_socket import cap_send_buffer, drop, transport_of
+from sse_progress.server.stream_socket import cap_send_buffer, drop, transport_of, websocket_writer_of
 from sse_progress.server.transports.connection import ConnectionRecord
 
 log = logging.getLogger("sse_progress.connections")
@@ -108,6 +112,8 @@ class WebSocketConnection:
     async def run(self) -> None:
         listener = self.stream.listener
         cap_send_buffer(self.transport, self.service.settings.socket_send_buffer)
+        # Under uvicorn, live frames that find the stream caught up are written by the hub's fan-out itself.
+        listener.writer = websocket_writer_of(self.websocket._receive, self.service.settings.buffer_bytes)
         sender = asyncio.ensure_future(self._deliver())
         receiver = asyncio.ensure_future(self._receive())
         # The hub cancels the sender when it is blocked writing to a client that stopped reading.
@@ -118,10 +124,11 @@ class WebSocketConnection:
             for task in (sender, receiver):
                 task.cancel()
             listener.task = None
+            listener.writer = None
             # Release the buffer before the close handshake, which waits for a slow client to read.
             self.stream.close()
             code, reason = self._ending(sender, receiver)
-            self.connection.closed(reason)
+            self.connection.closed(reason, self.stream.sent)
         if reason == "too slow" and drop(self.transport):
             return  # reset: a 1013 would queue behind what the client does not read, and never reach it
         if code is not None:
@@ -146,7 +153,6 @@ class WebSocketConnection:
             async for batch in self.stream.batches():
                 for frame in batch:  # an empty batch is a heartbeat: WebSocket pings are uvicorn's
                     await listener.write(self.websocket.send_text(self.render(frame)))
-                    self.connection.sent += 1
                 delivered.inc(len(batch))
         except SlowConsumer:
             return CLOSE_TRY_AGAIN, "too slow"
