@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from sse_progress.engines import Feed
 from sse_progress.engines.redis.cluster import RedisClusterEngine
 from sse_progress.engines.redis.engine import RedisEngine
 from tests.support.processes import RedisClusterNodes, RedisServer, session_id_on_shard
@@ -49,14 +51,23 @@ async def outage(request: pytest.FixtureRequest) -> AsyncIterator[Outage]:
         nodes.stop()
 
 
-async def test_a_new_watcher_cuts_the_backoff_of_a_lost_connection_short(
-    outage: Outage, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, "sse_progress.feed")
+@contextlib.asynccontextmanager
+async def lost_feed(outage: Outage) -> AsyncIterator[Feed]:
+    """A feed that followed a session where the outage now is."""
     feed = outage.engine.open_feed(lambda session_id, envelope: None, lambda: None)
     try:
         await asyncio.wait_for(feed.add(outage.new_session()), 10)
         outage.kill()
+        yield feed
+    finally:
+        await feed.close()
+
+
+async def test_a_new_watcher_cuts_the_backoff_of_a_lost_connection_short(
+    outage: Outage, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "sse_progress.feed")
+    async with lost_feed(outage) as feed:
 
         def failures() -> list[logging.LogRecord]:
             return [record for record in caplog.records if " interrupted (" in record.getMessage()]
@@ -72,18 +83,12 @@ async def test_a_new_watcher_cuts_the_backoff_of_a_lost_connection_short(
         served = time.time() - failed_at
         print(f"served {served:.3f}s after the last failed attempt, {time.time() - revived_at:.3f}s after the revival")
         assert served < BACKOFF_AT_LEAST, "the new watcher waited out the backoff"
-    finally:
-        await feed.close()
 
 
 async def test_a_session_waiting_on_a_lost_connection_is_told_only_once_the_retry_it_made_failed(
-    outage: Outage, caplog: pytest.LogCaptureFixture
+    outage: Outage,
 ) -> None:
-    caplog.set_level(logging.WARNING, "sse_progress.feed")
-    feed = outage.engine.open_feed(lambda session_id, envelope: None, lambda: None)
-    try:
-        await asyncio.wait_for(feed.add(outage.new_session()), 10)
-        outage.kill()
+    async with lost_feed(outage) as feed:
         for _ in range(500):
             if feed.problem is not None:
                 break
@@ -98,5 +103,5 @@ async def test_a_session_waiting_on_a_lost_connection_is_told_only_once_the_retr
         problem = feed.problem_for(waiting)
         assert problem is not None and "pub/sub" in problem
         subscribing.cancel()
-    finally:
-        await feed.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await subscribing
