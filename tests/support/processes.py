@@ -186,19 +186,8 @@ class RedisClusterNodes:
 
     def start(self) -> None:
         for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
-            node_dir = self.directory / str(port)
-            node_dir.mkdir()
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
-                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-port", str(bus_port), "--save", "", "--appendonly", "no",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
+            (self.directory / str(port)).mkdir()
+            self.processes.append(self._spawn(port, bus_port))
         clients = [self.client(port) for port in self.ports]
         for client in clients:
             wait_until(lambda client=client: pings(client), STARTUP_TIMEOUT, "the cluster's redis-servers")  # type: ignore[misc]
@@ -214,6 +203,30 @@ class RedisClusterNodes:
         assert owners == dict(zip(slot_ranges(len(self.ports)), self.ports, strict=True)), owners
         for client in clients:
             client.close()
+
+    def _spawn(self, port: int, bus_port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.directory / str(port)),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(bus_port), "--save", "", "--appendonly", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def kill(self, index: int) -> None:
+        """Kill master ``index`` (in port order) at once; its cluster config stays on disk for ``revive``."""
+        self.processes[index].kill()
+        self.processes[index].wait(15)
+
+    def revive(self, index: int) -> None:
+        """Start a killed master again, on its ports and with its cluster config: it owns its slots again (a
+        restarted master serves sharded Pub/Sub at once; keyed commands only once the cluster agrees)."""
+        self.processes[index] = self._spawn(self.ports[index], self.bus_ports[index])
+        client = self.client(self.ports[index])
+        wait_until(lambda: pings(client), STARTUP_TIMEOUT, "the revived redis-server")
+        client.close()
 
     def stop(self) -> None:
         for process in self.processes:
