@@ -31,12 +31,11 @@ def small_buffers(redis_url: str, request: pytest.FixtureRequest) -> Iterator[Li
     live.stop()
 
 
-@pytest.fixture(scope="module")
-def large_buffers(redis_url: str) -> Iterator[LiveServer]:
+@pytest.fixture(scope="module", params=ASGI_SERVERS)
+def large_buffers(redis_url: str, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """Buffers that never overflow here, so only a write blocked for a whole heartbeat can end the stream."""
-    live = LiveServer(
-        redis_url, env={"SSE_PROGRESS_BUFFER_EVENTS": "100000", "SSE_PROGRESS_BUFFER_BYTES": "1000000000"}
-    )
+    env = {"SSE_PROGRESS_BUFFER_EVENTS": "100000", "SSE_PROGRESS_BUFFER_BYTES": "1000000000"}
+    live = LiveServer(redis_url, env=env, asgi=request.param)
     live.start()
     yield live
     live.stop()
