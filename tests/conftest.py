@@ -1,4 +1,5 @@
-"""Real parts: a redis-server spawned on a free port (or $REDIS_URL) and uvicorn servers in subprocesses.
+"""Real parts: a redis-server spawned on a free port (or $REDIS_URL) and uvicorn (or hypercorn) servers in
+subprocesses.
 
 The fixtures live here; the processes they start are in ``tests/support/processes.py``.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -94,6 +95,38 @@ def _follow_until_live(live: LiveServer, session_id: str) -> None:
     params = {"token": live.token(session_id)}
     with httpx.stream("GET", f"{live.url}/sessions/{session_id}/events", params=params, timeout=10) as response:
         next(line for line in response.iter_lines() if line.startswith("data:"))
+
+
+@pytest.fixture(scope="session")
+def servers_under_other_asgi() -> Iterator[dict[tuple[str, str], LiveServer]]:
+    """The servers ``under`` started, by (session fixture, ASGI server): each started once, stopped at the end."""
+    started: dict[tuple[str, str], LiveServer] = {}
+    yield started
+    for live in started.values():
+        live.stop()
+
+
+@pytest.fixture
+def under(request: pytest.FixtureRequest) -> Callable[[str, str], LiveServer]:
+    """``under(fixture, asgi)``: the server of the session fixture ``fixture``, or its like under another ASGI
+    server (same store, same environment), started on first use and shared by the run like the fixture's."""
+
+    def served(fixture: str, asgi: str) -> LiveServer:
+        live: LiveServer = request.getfixturevalue(fixture)
+        if asgi == live.asgi:
+            return live
+        started: dict[tuple[str, str], LiveServer] = request.getfixturevalue("servers_under_other_asgi")
+        if (fixture, asgi) not in started:
+            other = live.under(asgi)
+            other.start()
+            if other.redis_url and other.redis_url.startswith("redis+cluster://"):
+                nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+                for shard in range(len(nodes.ports)):
+                    _follow_until_live(other, session_id_on_shard(shard, len(nodes.ports)))
+            started[fixture, asgi] = other
+        return started[fixture, asgi]
+
+    return served
 
 
 @pytest.fixture(scope="session")
