@@ -11,7 +11,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 import redis
@@ -60,6 +63,26 @@ class ManagedProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class Stoppable(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+Process = TypeVar("Process", bound=Stoppable)
+
+
+@contextmanager
+def running(process: Process) -> Iterator[Process]:
+    """``process`` started for the length of a ``with`` block (or a fixture), and stopped after it, however it ends:
+    also when it fails to start, since a part of it may already run."""
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
 
 
 class RedisServer(ManagedProcess):
