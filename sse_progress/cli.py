@@ -41,7 +41,7 @@ from sse_progress.protocol.events import (
 )
 from sse_progress.protocol.legacy import NOTIFY_SETTING, SETTLE_SECONDS
 from sse_progress.protocol.tokens import Role, TokenAuthority
-from sse_progress.publisher.tracker import new_session_id
+from sse_progress.publisher.core import new_session_id
 
 APP_FACTORY = "sse_progress.server.app:create_app"
 EXAMPLES_ROOT = Path(__file__).resolve().parent.parent

@@ -98,7 +98,10 @@ class Feed(ABC):
         return None
 
     def problem_for(self, session_id: str) -> str | None:
-        """Why this session's live events would not be delivered right now (None: they would, or not known yet)."""
+        """Why this session's live events will not be delivered soon (None: they will, or not known yet).
+
+        A stream waiting for its subscription gives up at the first answer, so a feed that can recover at once (the
+        Redis feeds retry when a watcher arrives) answers only once the session has waited through that retry."""
         return self.problem
 
     @abstractmethod

@@ -9,8 +9,8 @@ unreachable store (it falls back to its JSON file and retries).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -21,8 +21,28 @@ from redis.exceptions import RedisClusterException
 from sse_progress.engines.redis.cluster_url import is_cluster_url, node_url
 from sse_progress.engines.redis.index import INDEX_KEY_COUNT, INDEX_SCRIPT, index_arguments
 from sse_progress.engines.redis.scripts import CLUSTER_PUBLISH_SCRIPT, PUBLISH_SCRIPT
+from sse_progress.publisher.steps import drive, drive_async
 
 ScriptArguments = Sequence[Any]
+PUBLISH, INDEX = 0, 1  # the scripts a cluster publisher registers, in this order
+
+
+class ScriptCall(NamedTuple):
+    script: int  # PUBLISH or INDEX
+    keys: ScriptArguments
+    args: ScriptArguments
+
+
+def _publish_calls(script: str, keys: ScriptArguments, args: ScriptArguments) -> Generator[ScriptCall, Any, Any]:
+    """The script calls of one publish; each is answered with the script's outcome."""
+    if script != CLUSTER_PUBLISH_SCRIPT:
+        return (yield ScriptCall(PUBLISH, keys, args))
+    # The session's slot first, then the index's (see redis_index).
+    outcome = yield ScriptCall(PUBLISH, keys[:-INDEX_KEY_COUNT], args)
+    index_args = index_arguments(list(args), outcome)
+    if index_args is not None:
+        yield ScriptCall(INDEX, keys[-INDEX_KEY_COUNT:], index_args)
+    return outcome
 
 
 def publish_script_for(url: str) -> str:
@@ -50,14 +70,10 @@ class SyncClusterPublisher:
             try:
                 if not registered:
                     registered.extend(self._connected().register_script(code) for code in (script, INDEX_SCRIPT))
-                if script != CLUSTER_PUBLISH_SCRIPT:
-                    return registered[0](keys=keys, args=args)
-                # The session's slot first, then the index's (see redis_index).
-                outcome = registered[0](keys=keys[:-INDEX_KEY_COUNT], args=args)
-                index_args = index_arguments(list(args), outcome)
-                if index_args is not None:
-                    registered[1](keys=keys[-INDEX_KEY_COUNT:], args=index_args)
-                return outcome
+                return drive(
+                    _publish_calls(script, keys, args),
+                    lambda call: registered[call.script](keys=call.keys, args=call.args),
+                )
             except RedisClusterException as error:
                 raise redis.ConnectionError(str(error)) from error
 
@@ -78,19 +94,14 @@ class AsyncClusterPublisher:
         self._client = AsyncRedisCluster.from_url(node_url(url), **options)
 
     def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
-        registered = self._client.register_script(script)
-        index_update = self._client.register_script(INDEX_SCRIPT)
+        registered = [self._client.register_script(code) for code in (script, INDEX_SCRIPT)]
 
         async def run(keys: ScriptArguments, args: ScriptArguments) -> Any:
             try:
-                if script != CLUSTER_PUBLISH_SCRIPT:
-                    return await registered(keys=keys, args=args)
-                # The session's slot first, then the index's (see redis_index).
-                outcome = await registered(keys=keys[:-INDEX_KEY_COUNT], args=args)
-                index_args = index_arguments(list(args), outcome)
-                if index_args is not None:
-                    await index_update(keys=keys[-INDEX_KEY_COUNT:], args=index_args)
-                return outcome
+                return await drive_async(
+                    _publish_calls(script, keys, args),
+                    lambda call: registered[call.script](keys=call.keys, args=call.args),
+                )
             except RedisClusterException as error:
                 raise redis.ConnectionError(str(error)) from error
 

@@ -1,7 +1,9 @@
 """Where a tracker's events go: Redis, an HTTP service, an in-process engine, or a JSON file.
 
 Synchronous sinks serve ``ProgressTracker`` (Playwright jobs are often synchronous); asynchronous ones serve
-``AsyncProgressTracker``. Each returns the stored envelope (with its id).
+``AsyncProgressTracker``. Each returns the stored envelope (with its id). A synchronous sink and its asynchronous
+twin differ only in their client: the Redis script's arguments and answer (``_RedisPublication``), the HTTP body
+and the meaning of each status code (``_http_envelope``) are written once.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ REDIS_TIMEOUT = 2.0
 class Sink(Protocol):
     def send(self, draft: EventDraft) -> bytes: ...
 
+    def close(self) -> None: ...
+
 
 class AsyncSink(Protocol):
     async def send(self, draft: EventDraft) -> bytes: ...
+
+    async def aclose(self) -> None: ...
 
 
 def _redis_options(url: str, verify_tls: bool) -> dict[str, Any]:
@@ -46,22 +52,41 @@ def _redis_options(url: str, verify_tls: bool) -> dict[str, Any]:
     return options
 
 
-class RedisSink:
-    def __init__(
-        self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True, legacy_keys: bool = False
-    ) -> None:
-        self._client = sync_client_for(url, **_redis_options(url, verify_tls))
-        self._script = self._client.register_script(publish_script_for(url))
+class _RedisPublication:
+    """What both Redis sinks do around their one script call: its keys and arguments, and its answer read."""
+
+    def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool) -> None:
+        self.client_options = _redis_options(url, verify_tls)
+        self.script = publish_script_for(url)
         self._keys = RedisKeys(prefix)
         self._history = history
         self._ttl = ttl
+
+    def arguments(self, draft: EventDraft) -> tuple[list[str], list[str | bytes | int]]:
+        return publish_arguments(self._keys, draft, self._history, self._ttl)
+
+    @staticmethod
+    def envelope(draft: EventDraft, outcome: list[bytes]) -> bytes:
+        """The stored envelope, or the exception the script's answer means (the session ended...)."""
+        return published_outcome(draft.session_id, outcome).envelope
+
+
+class RedisSink:
+    """Runs the publish script (``engines/redis/scripts.py``, the server's own) on one Redis or a cluster."""
+
+    def __init__(
+        self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True, legacy_keys: bool = False
+    ) -> None:
+        self._publication = _RedisPublication(url, prefix, history, ttl, verify_tls)
+        self._client = sync_client_for(url, **self._publication.client_options)
+        self._script = self._client.register_script(self._publication.script)
         self._legacy = LegacyKeys(prefix) if legacy_keys else None
         if legacy_keys and not isinstance(self._client, redis.Redis):
             raise ValueError("legacy_keys=True needs one Redis (redis://, rediss://, unix://), not a cluster")
 
     def send(self, draft: EventDraft) -> bytes:
-        keys, args = publish_arguments(self._keys, draft, self._history, self._ttl)
-        envelope = published_outcome(draft.session_id, self._script(keys=keys, args=args)).envelope
+        keys, args = self._publication.arguments(draft)
+        envelope = self._publication.envelope(draft, self._script(keys=keys, args=args))
         if self._legacy is not None:
             self._write_legacy(self._legacy, draft.session_id, envelope)
         return envelope
@@ -87,15 +112,13 @@ class AsyncRedisSink:
     """``RedisSink`` for ``AsyncProgressTracker``: the same script, with the same short timeouts."""
 
     def __init__(self, url: str, prefix: str, history: int, ttl: int, verify_tls: bool = True) -> None:
-        self._client = async_client_for(url, **_redis_options(url, verify_tls))
-        self._script = self._client.register_script(publish_script_for(url))
-        self._keys = RedisKeys(prefix)
-        self._history = history
-        self._ttl = ttl
+        self._publication = _RedisPublication(url, prefix, history, ttl, verify_tls)
+        self._client = async_client_for(url, **self._publication.client_options)
+        self._script = self._client.register_script(self._publication.script)
 
     async def send(self, draft: EventDraft) -> bytes:
-        keys, args = publish_arguments(self._keys, draft, self._history, self._ttl)
-        return published_outcome(draft.session_id, await self._script(keys=keys, args=args)).envelope
+        keys, args = self._publication.arguments(draft)
+        return self._publication.envelope(draft, await self._script(keys=keys, args=args))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -110,13 +133,16 @@ class MemorySink:
     def send(self, draft: EventDraft) -> bytes:
         return self.engine.publish_now(draft).envelope
 
+    def close(self) -> None:
+        """Nothing to release: the engine belongs to whoever passed it."""
+
 
 class HttpSink:
     def __init__(self, base_url: str, token: str) -> None:
         self._client = httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT, headers=_auth(token))
 
     def send(self, draft: EventDraft) -> bytes:
-        response = self._client.post(f"/sessions/{draft.session_id}/events", content=_http_body(draft))
+        response = self._client.post(_events_path(draft), content=_http_body(draft))
         return _http_envelope(draft, response)
 
     def close(self) -> None:
@@ -130,13 +156,16 @@ class EngineSink:
     async def send(self, draft: EventDraft) -> bytes:
         return (await self.engine.publish(draft)).envelope
 
+    async def aclose(self) -> None:
+        """Nothing to release: the engine belongs to whoever passed it."""
+
 
 class AsyncHttpSink:
     def __init__(self, base_url: str, token: str) -> None:
         self._client = httpx.AsyncClient(base_url=base_url, timeout=HTTP_TIMEOUT, headers=_auth(token))
 
     async def send(self, draft: EventDraft) -> bytes:
-        response = await self._client.post(f"/sessions/{draft.session_id}/events", content=_http_body(draft))
+        response = await self._client.post(_events_path(draft), content=_http_body(draft))
         return _http_envelope(draft, response)
 
     async def aclose(self) -> None:
@@ -157,6 +186,10 @@ class PublishNotAuthorized(HttpPublishError):
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def _events_path(draft: EventDraft) -> str:
+    return f"/sessions/{draft.session_id}/events"
 
 
 def _http_body(draft: EventDraft) -> bytes:

@@ -36,8 +36,8 @@ from sse_progress.config import ConfigError, Settings
 from sse_progress.engines import EngineUnavailable, SessionTerminal
 from sse_progress.engines.redis.cluster_url import is_cluster_url
 from sse_progress.engines.redis.engine import RedisEngine
-from sse_progress.engines.redis.feed import next_message
 from sse_progress.engines.redis.scripts import connection_options
+from sse_progress.engines.redis.subscription import next_message
 from sse_progress.exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from sse_progress.ports import bind_failure
 from sse_progress.protocol.events import InvalidEvent
@@ -177,7 +177,7 @@ class Bridge:
             if rescans is not None:
                 rescans.cancel()
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8.2
+                await pubsub.aclose()
 
     async def _enable_notifications(self) -> bool:
         """Whether SETs of legacy keys are announced; turns the needed flags on where CONFIG is allowed."""

@@ -23,7 +23,8 @@ from sse_progress.server.stream_socket import SocketWriter
 # subscribe by then answers "retry" (200) instead of being cut off with a 5xx.
 SUBSCRIBE_TIMEOUT = 3.0
 SHUTDOWN_POLL_SECONDS = 0.25
-FEED_DOWN_GRACE = 0.5
+# How often a stream waiting for its subscription asks the feed whether it is down (``Feed.problem_for``).
+FEED_CHECK_SECONDS = 0.1
 # A replay page holds its envelopes, their encoded frames and the joined write at once: a quarter of the
 # per-client buffer each keeps a replaying client's memory under that buffer whatever the history's size.
 REPLAY_PAGE_SHARE = 4
@@ -254,22 +255,19 @@ class Hub:
 
     async def _subscribed(self, session_id: str, ready: asyncio.Task[None]) -> None:
         """Wait for a session's subscription, giving up (``EngineUnavailable``) as soon as it cannot come soon:
-        the feed is down, the server is stopping, or ``SUBSCRIBE_TIMEOUT`` passed."""
+        the feed says it will not (``Feed.problem_for``), the server is stopping, or ``SUBSCRIBE_TIMEOUT`` passed."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + SUBSCRIBE_TIMEOUT
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT
         while not ready.done():
             problem = self.feed.problem_for(session_id)
-            # A moment's grace: the feed tries again when a watcher arrives, and right after Redis comes back
-            # that attempt succeeds; a feed still down after it will not be back soon.
-            if problem is not None and loop.time() - started >= FEED_DOWN_GRACE:
+            if problem is not None:
                 raise EngineUnavailable(f"live feed not delivering: {problem}")
             if self.closing or server_is_exiting():
                 raise EngineUnavailable("the server is shutting down")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise EngineUnavailable("could not subscribe to the session's events in time")
-            await asyncio.wait({ready}, timeout=min(remaining, SHUTDOWN_POLL_SECONDS, FEED_DOWN_GRACE / 5))
+            await asyncio.wait({ready}, timeout=min(remaining, SHUTDOWN_POLL_SECONDS, FEED_CHECK_SECONDS))
         ready.result()
 
     def release(self, listener: Listener) -> None:

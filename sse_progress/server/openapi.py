@@ -2,10 +2,12 @@
 
 Starlette's ``SchemaGenerator`` reads each operation from the YAML after ``---`` in its endpoint's docstring.
 An operation that needs a token says ``security: token``; this module expands it, once for all, into the three
-ways to send one and the 401 and 403 answers. It also holds what the operations share (schemas, parameters,
-responses, security schemes, referenced as ``#/components/...``) and the operations of the endpoints that carry
-no YAML of their own: the SSE stream, the demo page and the static files. The WebSocket route is not HTTP and
-is described in ``info.description`` only.
+ways to send one and the 401 and 403 answers. An answer is written on one line: the name of a shared one
+(``"503": Unavailable``) stands for a reference to it; any other text (``"409": the session already ended``) is
+the description of an error answer of the route's own, which gets the error body. It also holds what the
+operations share (schemas, parameters, responses, security schemes, referenced as ``#/components/...``) and the
+operations of the endpoints that carry no YAML of their own: the SSE stream, the demo page and the static files.
+The WebSocket route is not HTTP and is described in ``info.description`` only.
 """
 
 from __future__ import annotations
@@ -178,6 +180,10 @@ COMPONENTS: dict[str, Any] = {
         "Forbidden": _error("the token is for another session, or its role does not allow this"),
         "NotFound": _error("no such session: it has no events yet, or they expired"),
         "Unavailable": _error("the event store is unavailable, or the server is at its connection limit", RETRY_AFTER),
+        "RateLimited": _error("too many events for this token and session (SSE_PROGRESS_PUBLISH_RATE)", RETRY_AFTER),
+        "StoreFull": _error(
+            "the event store is full (Redis at maxmemory with noeviction); it stores nothing until freed", RETRY_AFTER
+        ),
     },
 }
 
@@ -262,6 +268,15 @@ def needs_token(operation: dict[str, Any]) -> None:
     operation["responses"] = dict(sorted(responses.items()))
 
 
+def expand_one_line_answers(operation: dict[str, Any]) -> None:
+    """Expand each answer written as one line: a shared answer's name, or an error answer's description."""
+    responses: dict[str, Any] = operation.get("responses", {})
+    for status, response in responses.items():
+        if isinstance(response, str):
+            shared = response in COMPONENTS["responses"]
+            responses[status] = {"$ref": f"#/components/responses/{response}"} if shared else _error(response)
+
+
 def build_schema(routes: list[BaseRoute]) -> dict[str, Any]:
     """The whole document: the docstring operations of ``routes`` plus the supplementary ones."""
     generator = SchemaGenerator(
@@ -275,6 +290,7 @@ def build_schema(routes: list[BaseRoute]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = schema["paths"]
     for operations in paths.values():
         for operation in operations.values():
+            expand_one_line_answers(operation)
             if operation.get("security") == "token":
                 needs_token(operation)
     for path, operations in SUPPLEMENTARY_OPERATIONS.items():

@@ -9,6 +9,8 @@ import httpx
 import pytest
 
 from sse_progress.config import Settings
+from sse_progress.engines.redis.cluster_feed import RedisClusterFeed
+from sse_progress.engines.redis.feed import RedisFeed
 from sse_progress.protocol.events import EventDraft
 from sse_progress.server.app import create_app
 from sse_progress.server.service import Service
@@ -31,17 +33,17 @@ async def test_a_failed_feed_reader_is_restarted_with_a_resync_and_readyz_names_
             await asyncio.sleep(0.05)
         listener = await service.hub.listen(session_id, "test")
         feed = service.hub.feed
-        handler = "_on_message" if engine == "redis" else "on_message"
-        deliver = getattr(feed, handler)
+        assert isinstance(feed, RedisFeed | RedisClusterFeed)  # each subscription reads its feed's ``on_message``
+        deliver = feed.on_message
         failed = asyncio.Event()
 
         def fails_once(session: str, envelope: bytes) -> None:
             # A bug anywhere in the message path: the reader must not end with it.
-            setattr(feed, handler, deliver)
+            feed.on_message = deliver
             failed.set()
             raise RuntimeError("a bug in the message path")
 
-        setattr(feed, handler, fails_once)
+        feed.on_message = fails_once
         answers: list[tuple[int, str]] = []
 
         async def watch_readiness() -> None:

@@ -7,11 +7,14 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import httpx
 import websockets
 from httpx_sse import aconnect_sse
+
+from tests.support.processes import LiveServer, running
 
 TERMINAL = {"success", "error", "cancelled"}
 
@@ -135,3 +138,22 @@ class Publisher:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+@asynccontextmanager
+async def serving(
+    redis_url: str | None, session_id: str, env: dict[str, str] | None = None, total: int = 15
+) -> AsyncIterator[tuple[LiveServer, Publisher]]:
+    """A server of the test's own on ``redis_url`` (which the test may stop or empty) and a publisher of
+    ``session_id`` through it; both are stopped after the block."""
+    with running(LiveServer(redis_url, env=env)) as live:
+        async with Publisher(live.url, live.token(session_id, "publish"), session_id, total) as publisher:
+            yield live, publisher

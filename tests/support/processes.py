@@ -1,5 +1,5 @@
 """The one process harness of the tests and the benchmarks: free ports, a redis-server of one's own, a Redis
-Cluster, and the server under uvicorn, each in a subprocess that can be stopped and started again."""
+Cluster, and the server under uvicorn (or hypercorn), each in a subprocess that can be stopped and started again."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 import redis
@@ -62,6 +65,26 @@ class ManagedProcess:
         self.start()
 
 
+class Stoppable(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+Process = TypeVar("Process", bound=Stoppable)
+
+
+@contextmanager
+def running(process: Process) -> Iterator[Process]:
+    """``process`` started for the length of a ``with`` block (or a fixture), and stopped after it, however it ends:
+    also when it fails to start, since a part of it may already run."""
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
 class RedisServer(ManagedProcess):
     """A redis-server of the test suite's own, restartable (optionally with AOF persistence)."""
 
@@ -105,10 +128,18 @@ def pings(client: redis.Redis) -> bool:
         return False
 
 
-class LiveServer(ManagedProcess):
-    """``uvicorn sse_progress.server.app:create_app`` in a subprocess, on a fixed port across restarts."""
+ASGI_SERVERS = ("uvicorn", "hypercorn")
+"""The ASGI servers the app is tested under: uvicorn, which ``sse-progress serve`` runs, and one other."""
 
-    def __init__(self, redis_url: str | None, env: dict[str, str] | None = None) -> None:
+
+class LiveServer(ManagedProcess):
+    """The app under an ASGI server (``asgi``: uvicorn or hypercorn) in a subprocess, on one port across restarts."""
+
+    def __init__(self, redis_url: str | None, env: dict[str, str] | None = None, asgi: str = "uvicorn") -> None:
+        if asgi not in ASGI_SERVERS:
+            raise ValueError(f"asgi must be one of {ASGI_SERVERS}, not {asgi!r}")
+        self.asgi = asgi
+        self.extra_env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.redis_url = redis_url
@@ -121,32 +152,34 @@ class LiveServer(ManagedProcess):
             "SSE_PROGRESS_RETRY_MS": "500",
             "SSE_PROGRESS_POLL_MS": "300",
             "SSE_PROGRESS_PUBLISH_RATE": "0",
-            **(env or {}),
+            **self.extra_env,
         }
         if redis_url:
             self.env["REDIS_URL"] = redis_url
         else:
             self.env.pop("REDIS_URL", None)
-        self.log = Path(tempfile.mkstemp(prefix="sse-progress-server-", suffix=".log")[1])
+        self.log = Path(tempfile.mkstemp(prefix=f"sse-progress-{asgi}-", suffix=".log")[1])
+
+    def under(self, asgi: str) -> LiveServer:
+        """A server of the same store and environment under another ASGI server (not started)."""
+        return LiveServer(self.redis_url, self.extra_env, asgi)
+
+    def command(self) -> list[str]:
+        if self.asgi == "hypercorn":
+            # --workers 0: the server itself, not a supervisor of one, so that stop() signals the app's process.
+            return [
+                "hypercorn", "sse_progress.server.app:create_app()", "--bind", f"127.0.0.1:{self.port}",
+                "--workers", "0", "--graceful-timeout", "3", "--log-level", "warning",
+            ]  # fmt: skip
+        return [
+            "uvicorn", "sse_progress.server.app:create_app", "--factory", "--host", "127.0.0.1",
+            "--port", str(self.port), "--timeout-graceful-shutdown", "3", "--log-level", "warning",
+        ]  # fmt: skip
 
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "sse_progress.server.app:create_app",
-                    "--factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--timeout-graceful-shutdown",
-                    "3",
-                    "--log-level",
-                    "warning",
-                ],
+                [sys.executable, "-m", *self.command()],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -156,11 +189,17 @@ class LiveServer(ManagedProcess):
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            output = self.log.read_text()[-2000:]
+            raise RuntimeError(f"the {self.asgi} server exited with {self.process.returncode}: {output}")
         try:
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+            response = httpx.get(self.url + "/readyz", timeout=1)
         except httpx.HTTPError:
             return False
+        # A test run against another server than the one it names would prove nothing about that one.
+        served_by = response.headers.get("server", "")
+        if not served_by.startswith(self.asgi):
+            raise RuntimeError(f"port {self.port} is served by {served_by!r}, not {self.asgi}")
+        return response.status_code == 200
 
     def token(self, session_id: str, role: str | Role = Role.SUBSCRIBE, ttl: int = 3600) -> str:
         return self.tokens.issue(session_id, Role(role), ttl)
@@ -186,19 +225,8 @@ class RedisClusterNodes:
 
     def start(self) -> None:
         for port, bus_port in zip(self.ports, self.bus_ports, strict=True):
-            node_dir = self.directory / str(port)
-            node_dir.mkdir()
-            self.processes.append(
-                subprocess.Popen(
-                    [
-                        self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
-                        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-port", str(bus_port), "--save", "", "--appendonly", "no",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
+            (self.directory / str(port)).mkdir()
+            self.processes.append(self._spawn(port, bus_port))
         clients = [self.client(port) for port in self.ports]
         for client in clients:
             wait_until(lambda client=client: pings(client), STARTUP_TIMEOUT, "the cluster's redis-servers")  # type: ignore[misc]
@@ -214,6 +242,30 @@ class RedisClusterNodes:
         assert owners == dict(zip(slot_ranges(len(self.ports)), self.ports, strict=True)), owners
         for client in clients:
             client.close()
+
+    def _spawn(self, port: int, bus_port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                self.binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.directory / str(port)),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(bus_port), "--save", "", "--appendonly", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def kill(self, index: int) -> None:
+        """Kill master ``index`` (in port order) at once; its cluster config stays on disk for ``revive``."""
+        self.processes[index].kill()
+        self.processes[index].wait(15)
+
+    def revive(self, index: int) -> None:
+        """Start a killed master again, on its ports and with its cluster config: it owns its slots again (a
+        restarted master serves sharded Pub/Sub at once; keyed commands only once the cluster agrees)."""
+        self.processes[index] = self._spawn(self.ports[index], self.bus_ports[index])
+        client = self.client(self.ports[index])
+        wait_until(lambda: pings(client), STARTUP_TIMEOUT, "the revived redis-server")
+        client.close()
 
     def stop(self) -> None:
         for process in self.processes:

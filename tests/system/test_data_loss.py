@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,29 +12,11 @@ import pytest
 import redis
 import websockets
 
-from tests.support.clients import Follower, Publisher, Received, collect_until_end, follow, id_key
+from tests.support.clients import Follower, Publisher, Received, collect_until_end, follow, id_key, serving
 from tests.support.processes import LiveServer, RedisServer, metric, wait_until
 from tests.system.test_reliability import ws_url
 
 TRANSPORTS = ["sse", "ws"]
-
-
-@pytest.fixture
-def volatile_redis() -> Iterator[RedisServer]:
-    """A redis-server without persistence: a restart empties it."""
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    """A redis-server with AOF (fsync always): a restart keeps every acknowledged write."""
-    server = RedisServer(persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 def restart_redis_under(live: LiveServer, redis_server: RedisServer) -> None:
@@ -90,37 +71,28 @@ async def receive(stream: Follower, count: int) -> list[Received]:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_live_clients_get_a_reset_when_redis_restarts_empty(
-    volatile_redis: RedisServer, session_id: str, transport: str
+    own_redis: RedisServer, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(volatile_redis.url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    try:
+    async with serving(own_redis.url, session_id) as (live, publisher):
         before = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
         async with follow(transport, live.url, session_id, live.token(session_id), "earliest") as stream:
             frames = await receive(stream, len(before))
-            restart_redis_under(live, volatile_redis)
+            restart_redis_under(live, own_redis)
             # The history the client has seen is gone: an event after the restart replaces its state.
             after = [(await publish(publisher, n))["id"] for n in (4, 5)]
             after.append((await publish(publisher, 15, "success"))["id"])
             frames += await collect_until_end(stream)
         assert kinds_and_ids(frames[:3]) == updates(before)
         assert_reset_then_the_rest(frames[3:], after)
-    finally:
-        await publisher.aclose()
-        live.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_resume_after_redis_lost_the_history_gets_a_reset_with_the_snapshot(
-    volatile_redis: RedisServer, session_id: str, transport: str
+    own_redis: RedisServer, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(volatile_redis.url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    try:
+    async with serving(own_redis.url, session_id) as (live, publisher):
         seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
-        volatile_redis.restart()
+        own_redis.restart()
         # The job goes on after the restart: a fresh stream whose history starts after the client's last id.
         fresh = [await publish(publisher, n) for n in (4, 5)]
         async with httpx.AsyncClient() as client:
@@ -135,140 +107,107 @@ async def test_resume_after_redis_lost_the_history_gets_a_reset_with_the_snapsho
             rest = await collect_until_end(stream)
         assert reset is not None and (reset.kind, reset.id, reset.data["etapa_atual"]) == ("reset", fresh[-1]["id"], 5)
         assert kinds_and_ids(rest) == updates([final["id"]])
-    finally:
-        await publisher.aclose()
-        live.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_resume_after_redis_lost_a_running_session_gets_the_next_event_as_a_reset(
     redis_url: str, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(redis_url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    store = redis.Redis.from_url(redis_url)
-    try:
-        seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
-        # Lost, not expired: the client's id is younger than the TTL, so the job may well go on.
-        store.delete(*(f"rpa:{kind}:{{{session_id}}}" for kind in ("events", "progress", "meta")))
-        async with follow(transport, live.url, session_id, live.token(session_id), seen[-1]) as stream:
-            # Nothing is stored, so there is nothing to reset to yet: the next event that arrives does it.
-            restarted = await publish(publisher, 4)
-            first = await stream.next()
-            final = await publish(publisher, 15, "success")
-            rest = await collect_until_end(stream)
-        assert first is not None and (first.kind, first.id) == ("reset", restarted["id"])
-        assert kinds_and_ids(rest) == updates([final["id"]])
-    finally:
-        store.close()
-        await publisher.aclose()
-        live.stop()
+    with redis.Redis.from_url(redis_url) as store:
+        async with serving(redis_url, session_id) as (live, publisher):
+            seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
+            # Lost, not expired: the client's id is younger than the TTL, so the job may well go on.
+            store.delete(*(f"rpa:{kind}:{{{session_id}}}" for kind in ("events", "progress", "meta")))
+            async with follow(transport, live.url, session_id, live.token(session_id), seen[-1]) as stream:
+                # Nothing is stored, so there is nothing to reset to yet: the next event that arrives does it.
+                restarted = await publish(publisher, 4)
+                first = await stream.next()
+                final = await publish(publisher, 15, "success")
+                rest = await collect_until_end(stream)
+            assert first is not None and (first.kind, first.id) == ("reset", restarted["id"])
+            assert kinds_and_ids(rest) == updates([final["id"]])
 
 
 @pytest.mark.parametrize("transport", ["sse", "poll", "ws"])
 async def test_resume_after_the_session_expired_ends_at_once_instead_of_heartbeats(
     redis_url: str, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_TTL": "1"})
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    store = redis.Redis.from_url(redis_url)
-    try:
-        seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]  # the job then died without a word
-        wait_until(lambda: not store.exists(f"rpa:events:{{{session_id}}}"), 10, "the session's keys to expire")
-        started = time.monotonic()
-        if transport == "ws":
-            url = f"{ws_url(live, session_id, live.token(session_id))}&last_event_id={seen[-1]}"
-            async with websockets.connect(url) as socket:
-                with pytest.raises(websockets.ConnectionClosed) as closed:
-                    await asyncio.wait_for(socket.recv(), 5)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
-            assert "session expired" in closed.value.rcvd.reason
-        else:
-            params = {"token": live.token(session_id), **({"mode": "poll"} if transport == "poll" else {})}
-            async with httpx.AsyncClient(timeout=5) as client:
-                answer = await client.get(
-                    f"{live.url}/sessions/{session_id}/events", params=params, headers={"Last-Event-ID": seen[-1]}
-                )
-            assert answer.status_code == 204  # a browser's EventSource stops reconnecting
-        assert time.monotonic() - started < 2
-    finally:
-        store.close()
-        await publisher.aclose()
-        live.stop()
+    with redis.Redis.from_url(redis_url) as store:
+        async with serving(redis_url, session_id, env={"SSE_PROGRESS_TTL": "1"}) as (live, publisher):
+            seen = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]  # the job then died without a word
+            wait_until(lambda: not store.exists(f"rpa:events:{{{session_id}}}"), 10, "the session's keys to expire")
+            started = time.monotonic()
+            if transport == "ws":
+                url = f"{ws_url(live, session_id, live.token(session_id))}&last_event_id={seen[-1]}"
+                async with websockets.connect(url) as socket:
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await asyncio.wait_for(socket.recv(), 5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+                assert "session expired" in closed.value.rcvd.reason
+            else:
+                params = {"token": live.token(session_id), **({"mode": "poll"} if transport == "poll" else {})}
+                async with httpx.AsyncClient(timeout=5) as client:
+                    answer = await client.get(
+                        f"{live.url}/sessions/{session_id}/events", params=params, headers={"Last-Event-ID": seen[-1]}
+                    )
+                assert answer.status_code == 204  # a browser's EventSource stops reconnecting
+            assert time.monotonic() - started < 2
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("loss", ["expired", "restarted"])
 async def test_ids_that_went_backwards_get_a_reset_not_silence(
-    volatile_redis: RedisServer, session_id: str, transport: str, loss: str
+    own_redis: RedisServer, session_id: str, transport: str, loss: str
 ) -> None:
     """The session's ids came from a Redis whose clock was an hour ahead; then the data was lost and the job goes
     on with ids that are older than those the client holds. Dropping them as "already seen" would be silence."""
-    live = LiveServer(volatile_redis.url, env={"SSE_PROGRESS_TTL": "2"} if loss == "expired" else None)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    store = redis.Redis.from_url(volatile_redis.url)
-    stream_key = f"rpa:events:{{{session_id}}}"
-    try:
-        ahead = f"{time.time_ns() // 1_000_000 + 3_600_000}-0"
-        store.xadd(stream_key, {"e": "{}"}, id=ahead)  # XADD * continues after the stream's last id, even deleted
-        store.xdel(stream_key, ahead)
-        before = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
-        assert all(event_id.startswith(ahead.split("-")[0]) for event_id in before)
-        async with follow(transport, live.url, session_id, live.token(session_id), "earliest") as stream:
-            frames = await receive(stream, len(before))
-            if loss == "expired":
-                # The keys expire while the client stays connected: no reconnect, no resync tells the server.
-                wait_until(lambda: not store.exists(stream_key), 10, "the session's keys to expire")
-            else:
-                restart_redis_under(live, volatile_redis)
-            after = [(await publish(publisher, 4))["id"], (await publish(publisher, 15, "success"))["id"]]
-            assert id_key(after[0]) < id_key(before[0])
-            frames += await collect_until_end(stream)
-        assert kinds_and_ids(frames[:3]) == updates(before)
-        assert_reset_then_the_rest(frames[3:], after)
-    finally:
-        store.close()
-        await publisher.aclose()
-        live.stop()
+    env = {"SSE_PROGRESS_TTL": "2"} if loss == "expired" else None
+    with redis.Redis.from_url(own_redis.url) as store:
+        async with serving(own_redis.url, session_id, env=env) as (live, publisher):
+            stream_key = f"rpa:events:{{{session_id}}}"
+            ahead = f"{time.time_ns() // 1_000_000 + 3_600_000}-0"
+            store.xadd(stream_key, {"e": "{}"}, id=ahead)  # XADD * continues after the stream's last id, even deleted
+            store.xdel(stream_key, ahead)
+            before = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
+            assert all(event_id.startswith(ahead.split("-")[0]) for event_id in before)
+            async with follow(transport, live.url, session_id, live.token(session_id), "earliest") as stream:
+                frames = await receive(stream, len(before))
+                if loss == "expired":
+                    # The keys expire while the client stays connected: no reconnect, no resync tells the server.
+                    wait_until(lambda: not store.exists(stream_key), 10, "the session's keys to expire")
+                else:
+                    restart_redis_under(live, own_redis)
+                after = [(await publish(publisher, 4))["id"], (await publish(publisher, 15, "success"))["id"]]
+                assert id_key(after[0]) < id_key(before[0])
+                frames += await collect_until_end(stream)
+            assert kinds_and_ids(frames[:3]) == updates(before)
+            assert_reset_then_the_rest(frames[3:], after)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_redis_restored_from_an_older_backup_resets_live_clients_to_it(
-    volatile_redis: RedisServer, session_id: str, transport: str
+    own_redis: RedisServer, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(volatile_redis.url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    store = redis.Redis.from_url(volatile_redis.url)
-    try:
-        backed_up = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
-        store.save()  # dump.rdb: the server loads it when it starts again (it saves nothing on shutdown)
-        later = [(await publish(publisher, n))["id"] for n in (4, 5)]
-        async with follow(transport, live.url, session_id, live.token(session_id), "earliest") as stream:
-            frames = await receive(stream, 5)
-            restart_redis_under(live, volatile_redis)
-            # The newest stored event is older than the client's last one: the client goes back to it, then on.
-            frames += await receive(stream, 1)
-            final = (await publish(publisher, 15, "success"))["id"]
-            frames += await collect_until_end(stream)
-        assert kinds_and_ids(frames) == [*updates(backed_up + later), ("reset", backed_up[-1]), *updates([final])]
-    finally:
-        store.close()
-        await publisher.aclose()
-        live.stop()
+    with redis.Redis.from_url(own_redis.url) as store:
+        async with serving(own_redis.url, session_id) as (live, publisher):
+            backed_up = [(await publish(publisher, n))["id"] for n in (1, 2, 3)]
+            store.save()  # dump.rdb: the server loads it when it starts again (it saves nothing on shutdown)
+            later = [(await publish(publisher, n))["id"] for n in (4, 5)]
+            async with follow(transport, live.url, session_id, live.token(session_id), "earliest") as stream:
+                frames = await receive(stream, 5)
+                restart_redis_under(live, own_redis)
+                # The newest stored event is older than the client's last one: the client goes back to it, then on.
+                frames += await receive(stream, 1)
+                final = (await publish(publisher, 15, "success"))["id"]
+                frames += await collect_until_end(stream)
+            assert kinds_and_ids(frames) == [*updates(backed_up + later), ("reset", backed_up[-1]), *updates([final])]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_redis_restarted_with_persistence_loses_and_repeats_nothing(
     persistent_redis: RedisServer, session_id: str, transport: str
 ) -> None:
-    live = LiveServer(persistent_redis.url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=30)
-    try:
+    async with serving(persistent_redis.url, session_id, total=30) as (live, publisher):
         published = [(await publish(publisher, n))["id"] for n in range(1, 6)]
         async with follow(transport, live.url, session_id, live.token(session_id), "earliest") as stream:
             frames = await receive(stream, len(published))
@@ -281,6 +220,3 @@ async def test_redis_restarted_with_persistence_loses_and_repeats_nothing(
         async with follow(transport, live.url, session_id, live.token(session_id), published[2]) as stream:
             resumed = await collect_until_end(stream)
         assert kinds_and_ids(resumed) == updates(published[3:])
-    finally:
-        await publisher.aclose()
-        live.stop()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,15 +25,6 @@ from tests.support.clients import Received, follow
 from tests.support.processes import ROOT, LiveServer, RedisServer
 
 RETRY_AT_ONCE = RetrySchedule(first=0, longest=0)  # every event tries Redis: the tests decide when it is back
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own that it may stop; AOF-persistent, so a restart keeps what was stored."""
-    server = RedisServer(persistent=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 def stored_etapas(url: str, session_id: str) -> list[int]:
@@ -51,12 +41,12 @@ def outbox_files(directory: Path) -> list[Path]:
 
 
 def test_events_reported_during_an_outage_are_stored_in_order_once_redis_returns(
-    own_redis: RedisServer, tmp_path: Path, session_id: str
+    persistent_redis: RedisServer, tmp_path: Path, session_id: str
 ) -> None:
-    tracker = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+    tracker = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
     for etapa in range(1, 4):
         tracker.update_progress(etapa, f"Tela {etapa}")
-    own_redis.stop()
+    persistent_redis.stop()
     for etapa in range(4, 9):
         event = tracker.update_progress(etapa, f"Tela {etapa}")  # never raises into the job
         assert event is not None and event["etapa_atual"] == etapa
@@ -65,50 +55,52 @@ def test_events_reported_during_an_outage_are_stored_in_order_once_redis_returns
     [outbox] = outbox_files(tmp_path)
     assert [json.loads(line)["etapa_atual"] for line in outbox.read_text().splitlines()] == [4, 5, 6, 7, 8]
 
-    own_redis.start()
+    persistent_redis.start()
     tracker.update_progress(9, "Tela 9")
-    assert stored_etapas(own_redis.url, session_id) == list(range(1, 10))
+    assert stored_etapas(persistent_redis.url, session_id) == list(range(1, 10))
     assert outbox_files(tmp_path) == []  # deleted once every entry was acknowledged
     tracker.close()
 
 
 async def test_the_async_tracker_queues_and_sends_in_order_too(
-    own_redis: RedisServer, tmp_path: Path, session_id: str
+    persistent_redis: RedisServer, tmp_path: Path, session_id: str
 ) -> None:
-    tracker = AsyncProgressTracker(5, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+    tracker = AsyncProgressTracker(
+        5, session_id, redis_url=persistent_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE
+    )
     await tracker.update_progress(1, "um")
-    own_redis.stop()
+    persistent_redis.stop()
     await tracker.update_progress(2, "dois")
     await tracker.update_progress(3, "três")
     assert tracker.outbox is not None and len(tracker.outbox) == 2
-    own_redis.start()
+    persistent_redis.start()
     await tracker.complete("fim")
     await tracker.aclose()
-    assert stored_etapas(own_redis.url, session_id) == [1, 2, 3, 5]
+    assert stored_etapas(persistent_redis.url, session_id) == [1, 2, 3, 5]
     assert outbox_files(tmp_path) == []
 
 
-def test_a_retried_flush_stores_nothing_twice(own_redis: RedisServer, tmp_path: Path, session_id: str) -> None:
-    tracker = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+def test_a_retried_flush_stores_nothing_twice(persistent_redis: RedisServer, tmp_path: Path, session_id: str) -> None:
+    tracker = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
     tracker.update_progress(1, "Tela 1")
-    own_redis.stop()
+    persistent_redis.stop()
     for etapa in (2, 3, 4):
         tracker.update_progress(etapa, f"Tela {etapa}")
     [outbox] = outbox_files(tmp_path)
     before_flush = tmp_path / "before-flush"
     shutil.copy(outbox, before_flush)
-    own_redis.start()
+    persistent_redis.start()
     assert tracker.flush() == 0
     tracker.close()
-    assert stored_etapas(own_redis.url, session_id) == [1, 2, 3, 4]
+    assert stored_etapas(persistent_redis.url, session_id) == [1, 2, 3, 4]
 
     # As if the process had died after Redis stored the entries but before the outbox file was deleted.
     before_flush.rename(outbox)
-    retry = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+    retry = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
     assert retry.outbox is not None and len(retry.outbox) == 3  # adopted
     retry.update_progress(5, "Tela 5")
     retry.close()
-    assert stored_etapas(own_redis.url, session_id) == [1, 2, 3, 4, 5]
+    assert stored_etapas(persistent_redis.url, session_id) == [1, 2, 3, 4, 5]
     assert outbox_files(tmp_path) == []
 
 
@@ -124,32 +116,32 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_a_new_tracker_after_a_crash_sends_the_leftovers_first(
-    own_redis: RedisServer, tmp_path: Path, session_id: str
+    persistent_redis: RedisServer, tmp_path: Path, session_id: str
 ) -> None:
-    own_redis.stop()
+    persistent_redis.stop()
     job = subprocess.run(
-        [sys.executable, "-c", CRASHING_JOB, session_id, own_redis.url, str(tmp_path)], cwd=ROOT, timeout=60
+        [sys.executable, "-c", CRASHING_JOB, session_id, persistent_redis.url, str(tmp_path)], cwd=ROOT, timeout=60
     )
     assert job.returncode == -9
     assert len(outbox_files(tmp_path)) == 1
-    own_redis.start()
+    persistent_redis.start()
 
-    with ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path) as tracker:
+    with ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path) as tracker:
         tracker.update_progress(4, "Tela 4 (nova execução)")
-    assert stored_etapas(own_redis.url, session_id) == [1, 2, 3, 4]
+    assert stored_etapas(persistent_redis.url, session_id) == [1, 2, 3, 4]
     assert outbox_files(tmp_path) == []
 
 
 def test_a_live_trackers_outbox_is_not_taken_by_another(
-    own_redis: RedisServer, tmp_path: Path, session_id: str
+    persistent_redis: RedisServer, tmp_path: Path, session_id: str
 ) -> None:
-    own_redis.stop()
-    first = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path)
+    persistent_redis.stop()
+    first = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path)
     first.update_progress(1, "Tela 1")
-    second = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path)
+    second = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path)
     assert second.outbox is not None and len(second.outbox) == 0
     first.close()  # still unsent: the file stays for a later tracker
-    third = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path)
+    third = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path)
     assert third.outbox is not None and [draft.etapa_atual for draft in third.outbox.pending()] == [1]
     second.close()
     third.close()
@@ -214,17 +206,17 @@ async def follow_like_a_browser(url: str, session_id: str, token: str, frames: a
 
 
 async def test_a_subscriber_during_the_outage_sees_every_event_exactly_once(
-    own_redis: RedisServer, tmp_path: Path, session_id: str
+    persistent_redis: RedisServer, tmp_path: Path, session_id: str
 ) -> None:
-    live = LiveServer(own_redis.url)
+    live = LiveServer(persistent_redis.url)
     live.start()
-    tracker = ProgressTracker(9, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+    tracker = ProgressTracker(9, session_id, redis_url=persistent_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
 
     def job_through_an_outage() -> None:
-        own_redis.stop()
+        persistent_redis.stop()
         for etapa in range(4, 9):
             tracker.update_progress(etapa, f"Tela {etapa}")
-        own_redis.start()
+        persistent_redis.start()
         tracker.complete("Tela 9")
 
     frames: asyncio.Queue[Received] = asyncio.Queue()
@@ -304,7 +296,7 @@ def sent_by_a_valid_tracker(live: LiveServer, session_id: str, directory: Path) 
 
 
 async def test_the_async_tracker_writes_its_outbox_off_the_event_loop(
-    own_redis: RedisServer, tmp_path: Path, session_id: str, monkeypatch: pytest.MonkeyPatch
+    persistent_redis: RedisServer, tmp_path: Path, session_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The outbox is fsync'd before the job goes on; in an async job that wait must not stall the event loop."""
     loop_thread = threading.get_ident()
@@ -316,14 +308,16 @@ async def test_the_async_tracker_writes_its_outbox_off_the_event_loop(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
-    tracker = AsyncProgressTracker(5, session_id, redis_url=own_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE)
+    tracker = AsyncProgressTracker(
+        5, session_id, redis_url=persistent_redis.url, json_dir=tmp_path, retry=RETRY_AT_ONCE
+    )
     await tracker.update_progress(1, "um")
-    own_redis.stop()
+    persistent_redis.stop()
     for etapa in (2, 3, 4):
         await tracker.update_progress(etapa, f"tela {etapa}")
     assert tracker.outbox is not None and len(tracker.outbox) == 3
     assert fsync_threads and loop_thread not in fsync_threads
-    own_redis.start()
+    persistent_redis.start()
     await tracker.complete("fim")
     await tracker.aclose()
-    assert stored_etapas(own_redis.url, session_id) == [1, 2, 3, 4, 5]
+    assert stored_etapas(persistent_redis.url, session_id) == [1, 2, 3, 4, 5]

@@ -2,7 +2,8 @@
 
 The engines: embedded (``memory``), one Redis (``redis``), one Redis with the publisher going through another
 instance than the subscriber (``redis-2-instances``), and a 3-master Redis Cluster (``cluster``), where
-successive tests' sessions land on successive masters.
+successive tests' sessions land on successive masters. Each under two ASGI servers: uvicorn, whose socket the
+streams reach past ``send``, and hypercorn, where they only have the ASGI ``send`` and ``receive``.
 """
 
 from __future__ import annotations
@@ -10,22 +11,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 
 from tests.support.clients import Publisher, collect_until_end, follow, id_key
-from tests.support.processes import LiveServer, session_id_on_shard
+from tests.support.processes import ASGI_SERVERS, LiveServer, session_id_on_shard
 
 TRANSPORTS = ["sse", "ws"]
 SERVERS = {"redis": "server", "memory": "memory_server", "cluster": "cluster_server", "redis-2-instances": "server"}
 PUBLISHED_THROUGH = {"redis-2-instances": "second_server"}  # publisher and subscriber on different instances
 _next_shard = itertools.count()
+Under = Callable[[str, str], LiveServer]  # the ``under`` fixture: (session fixture, ASGI server) -> its server
+
+
+@pytest.fixture(params=ASGI_SERVERS)
+def asgi(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(params=list(SERVERS))
-def live(request: pytest.FixtureRequest) -> LiveServer:
-    server: LiveServer = request.getfixturevalue(SERVERS[request.param])
-    return server
+def live(request: pytest.FixtureRequest, under: Under, asgi: str) -> LiveServer:
+    return under(SERVERS[request.param], asgi)
 
 
 @pytest.fixture
@@ -35,9 +42,11 @@ def session_id() -> str:
 
 
 @pytest.fixture
-async def publisher(request: pytest.FixtureRequest, live: LiveServer, session_id: str):  # type: ignore[no-untyped-def]
+async def publisher(  # type: ignore[no-untyped-def]
+    request: pytest.FixtureRequest, live: LiveServer, session_id: str, under: Under, asgi: str
+):
     other = PUBLISHED_THROUGH.get(request.node.callspec.params["live"])
-    via: LiveServer = request.getfixturevalue(other) if other else live
+    via = under(other, asgi) if other else live
     pub = Publisher(via.url, via.token(session_id, "publish"), session_id)
     yield pub
     await pub.aclose()
@@ -161,9 +170,11 @@ def store_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
-async def test_resume_id_older_than_the_retained_history_gets_a_reset(session_id: str, store_url: str) -> None:
+async def test_resume_id_older_than_the_retained_history_gets_a_reset(
+    session_id: str, store_url: str, asgi: str
+) -> None:
     """History is capped: a client that missed trimmed events must replace its state, not silently skip."""
-    live = LiveServer(store_url, env={"SSE_PROGRESS_HISTORY": "5"})
+    live = LiveServer(store_url, env={"SSE_PROGRESS_HISTORY": "5"}, asgi=asgi)
     live.start()
     try:
         publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=500)

@@ -15,26 +15,27 @@ import httpx
 import pytest
 
 from tests.support.clients import Publisher, collect_until_end, follow
-from tests.support.processes import LiveServer
+from tests.support.processes import ASGI_SERVERS, LiveServer
 
 PADDING = "x" * 16_000  # big events fill the socket buffers quickly
 EVENTS = 400
 
 
-@pytest.fixture(scope="module")
-def small_buffers(redis_url: str) -> Iterator[LiveServer]:
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_BUFFER_EVENTS": "32", "SSE_PROGRESS_BUFFER_BYTES": "262144"})
+@pytest.fixture(scope="module", params=ASGI_SERVERS)
+def small_buffers(redis_url: str, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """Under each ASGI server: the bound is the app's own, whether it reaches the socket (uvicorn) or not."""
+    env = {"SSE_PROGRESS_BUFFER_EVENTS": "32", "SSE_PROGRESS_BUFFER_BYTES": "262144"}
+    live = LiveServer(redis_url, env=env, asgi=request.param)
     live.start()
     yield live
     live.stop()
 
 
-@pytest.fixture(scope="module")
-def large_buffers(redis_url: str) -> Iterator[LiveServer]:
+@pytest.fixture(scope="module", params=ASGI_SERVERS)
+def large_buffers(redis_url: str, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """Buffers that never overflow here, so only a write blocked for a whole heartbeat can end the stream."""
-    live = LiveServer(
-        redis_url, env={"SSE_PROGRESS_BUFFER_EVENTS": "100000", "SSE_PROGRESS_BUFFER_BYTES": "1000000000"}
-    )
+    env = {"SSE_PROGRESS_BUFFER_EVENTS": "100000", "SSE_PROGRESS_BUFFER_BYTES": "1000000000"}
+    live = LiveServer(redis_url, env=env, asgi=request.param)
     live.start()
     yield live
     live.stop()

@@ -9,17 +9,25 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
 import websockets
 
-from tests.support.clients import Publisher, follow
-from tests.support.processes import LiveServer, RedisServer, free_port, metric, wait_until
+from tests.support.clients import follow, serving
+from tests.support.processes import LiveServer, RedisServer, free_port, metric, running, wait_until
 from tests.system.test_reliability import ws_url
 
 RETRY = re.compile(rb"^: (?P<problem>[^\n]+)\nretry: (?P<ms>\d+)\n\n$")
+
+
+@pytest.fixture
+def live(own_redis: RedisServer) -> Iterator[LiveServer]:
+    """A server of the test's own on ``own_redis``."""
+    with running(LiveServer(own_redis.url)) as server:
+        yield server
 
 
 def events_url(live: LiveServer, session_id: str) -> str:
@@ -39,45 +47,37 @@ def assert_try_again(response: httpx.Response, problem: str, window_ms: tuple[in
 
 
 async def test_stream_and_poll_requests_during_an_outage_get_200_and_a_retry(
-    own_redis: RedisServer, session_id: str
+    own_redis: RedisServer, live: LiveServer, session_id: str
 ) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
     params = {"token": live.token(session_id)}
-    try:
-        own_redis.stop(kill=True)
-        async with httpx.AsyncClient(timeout=30) as client:
-            streamed, polled, snapshot = await asyncio.gather(
-                client.get(events_url(live, session_id), params=params),
-                client.get(events_url(live, session_id), params={**params, "mode": "poll"}),
-                client.get(f"{live.url}/sessions/{session_id}", params=params),
-            )
-            delays = {assert_try_again(streamed, "event store unavailable", (2000, 5000))}
-            delays.add(assert_try_again(polled, "event store unavailable", (2000, 5000)))
-            for _ in range(4):
-                again = await client.get(events_url(live, session_id), params={**params, "mode": "poll"})
-                delays.add(assert_try_again(again, "event store unavailable", (2000, 5000)))
-            assert len(delays) > 1, "the retry delay is not jittered"
-            # Other endpoints are not read by an EventSource: they keep 503 and Retry-After.
-            assert snapshot.status_code == 503 and snapshot.headers["retry-after"]
-        async with websockets.connect(ws_url(live, session_id, params["token"]), open_timeout=30) as socket:
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await asyncio.wait_for(socket.recv(), 30)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
-        own_redis.start()
-        assert metric(live, 'sse_progress_streams_deferred_total{reason="store_unavailable"}') == 6
-    finally:
-        live.stop()
+    own_redis.stop(kill=True)
+    async with httpx.AsyncClient(timeout=30) as client:
+        streamed, polled, snapshot = await asyncio.gather(
+            client.get(events_url(live, session_id), params=params),
+            client.get(events_url(live, session_id), params={**params, "mode": "poll"}),
+            client.get(f"{live.url}/sessions/{session_id}", params=params),
+        )
+        delays = {assert_try_again(streamed, "event store unavailable", (2000, 5000))}
+        delays.add(assert_try_again(polled, "event store unavailable", (2000, 5000)))
+        for _ in range(4):
+            again = await client.get(events_url(live, session_id), params={**params, "mode": "poll"})
+            delays.add(assert_try_again(again, "event store unavailable", (2000, 5000)))
+        assert len(delays) > 1, "the retry delay is not jittered"
+        # Other endpoints are not read by an EventSource: they keep 503 and Retry-After.
+        assert snapshot.status_code == 503 and snapshot.headers["retry-after"]
+    async with websockets.connect(ws_url(live, session_id, params["token"]), open_timeout=30) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    own_redis.start()
+    assert metric(live, 'sse_progress_streams_deferred_total{reason="store_unavailable"}') == 6
 
 
 @pytest.mark.parametrize("outage", ["killed", "stopped 25 s"])
 async def test_a_session_tried_during_an_outage_streams_again_within_5s_of_the_restart(
     own_redis: RedisServer, session_id: str, outage: str
 ) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id)
-    try:
+    async with serving(own_redis.url, session_id) as (live, publisher):
         assert own_redis.process is not None
         began = time.monotonic()
         if outage == "killed":
@@ -111,17 +111,11 @@ async def test_a_session_tried_during_an_outage_streams_again_within_5s_of_the_r
         print(f"session streams again {recovered:.2f}s after Redis came back ({outage})")
         async with follow("ws", live.url, session_id, live.token(session_id), "0") as socket:
             assert (await socket.next()) is not None
-    finally:
-        await publisher.aclose()
-        live.stop()
 
 
 async def test_no_request_fails_right_after_redis_restarts(own_redis: RedisServer, session_id: str) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
-    publisher = Publisher(live.url, live.token(session_id, "publish"), session_id, total=100)
-    params = {"token": live.token(session_id)}
-    try:
+    async with serving(own_redis.url, session_id, total=100) as (live, publisher):
+        params = {"token": live.token(session_id)}
         async with httpx.AsyncClient(timeout=30) as client:
             # Open every pooled command connection of the server.
             await publisher.step(1)
@@ -147,9 +141,6 @@ async def test_no_request_fails_right_after_redis_restarts(own_redis: RedisServe
             assert failed == []
             assert [a.status_code for a in answers[:6:3]] == [201] * 2
         wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 200, 10, "/readyz")
-    finally:
-        await publisher.aclose()
-        live.stop()
 
 
 def test_serve_starts_without_redis_and_readyz_reports_it_until_redis_answers() -> None:
@@ -186,33 +177,28 @@ def test_serve_starts_without_redis_and_readyz_reports_it_until_redis_answers() 
 
 
 async def test_operator_endpoints_during_an_outage_answer_503_json_and_the_watch_logs_once(
-    own_redis: RedisServer,
+    own_redis: RedisServer, live: LiveServer
 ) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
     observe, admin = live.token("*", "observe"), live.token("*", "admin")
-    try:
-        own_redis.stop(kill=True)
-        await asyncio.sleep(3.5)  # a few ticks of the session index watch
-        async with httpx.AsyncClient(timeout=30) as client:
-            for path, token in (("/sessions", observe), ("/ops/figures", observe), ("/stats", admin)):
-                answer = await client.get(live.url + path, params={"token": token})
-                assert answer.status_code == 503, (path, answer.text)
-                assert answer.headers["retry-after"]
-                assert answer.json() == {"success": False, "error": "the event store is unavailable; retry shortly"}
-            # The change stream is read by an EventSource: a 200 stream with a retry:, never an error status.
-            async with client.stream("GET", live.url + "/ops/events", params={"token": observe}) as stream:
-                assert stream.status_code == 200
-                assert stream.headers["content-type"].startswith("text/event-stream")
-                first = await anext(stream.aiter_bytes())
-                assert first.startswith(b"retry: ")
-        log = live.log.read_text()
-        assert log.count("session index unreadable") == 1, log
-        assert "Traceback" not in log, log
-        own_redis.start()
-        wait_until(lambda: "session index readable again" in live.log.read_text(), 30, "the recovery line")
-    finally:
-        live.stop()
+    own_redis.stop(kill=True)
+    await asyncio.sleep(3.5)  # a few ticks of the session index watch
+    async with httpx.AsyncClient(timeout=30) as client:
+        for path, token in (("/sessions", observe), ("/ops/figures", observe), ("/stats", admin)):
+            answer = await client.get(live.url + path, params={"token": token})
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.headers["retry-after"]
+            assert answer.json() == {"success": False, "error": "the event store is unavailable; retry shortly"}
+        # The change stream is read by an EventSource: a 200 stream with a retry:, never an error status.
+        async with client.stream("GET", live.url + "/ops/events", params={"token": observe}) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            first = await anext(stream.aiter_bytes())
+            assert first.startswith(b"retry: ")
+    log = live.log.read_text()
+    assert log.count("session index unreadable") == 1, log
+    assert "Traceback" not in log, log
+    own_redis.start()
+    wait_until(lambda: "session index readable again" in live.log.read_text(), 30, "the recovery line")
 
 
 async def timed_get(client: httpx.AsyncClient, url: str, **params: str) -> tuple[httpx.Response, float]:
@@ -221,35 +207,30 @@ async def timed_get(client: httpx.AsyncClient, url: str, **params: str) -> tuple
     return response, time.monotonic() - began
 
 
-async def test_with_redis_down_a_new_stream_is_told_to_retry_at_once(own_redis: RedisServer, session_id: str) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
+async def test_with_redis_down_a_new_stream_is_told_to_retry_at_once(
+    own_redis: RedisServer, live: LiveServer, session_id: str
+) -> None:
     token = live.token(session_id)
-    try:
-        own_redis.stop(kill=True)
-        wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 503, 10, "/readyz to see the outage")
-        await asyncio.sleep(0.5)  # the feed's connection is closed by the kill: it has noticed by now
-        async with httpx.AsyncClient(timeout=30) as client:
-            streamed, seconds = await timed_get(client, events_url(live, session_id), token=token)
-        assert_try_again(streamed, "event store unavailable", (2000, 5000))
-        print(f"stream told to retry after {seconds:.3f}s with Redis down")
-        assert seconds < 1.0
-        began = time.monotonic()
-        async with websockets.connect(ws_url(live, session_id, token), open_timeout=30) as socket:
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await asyncio.wait_for(socket.recv(), 30)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
-        print(f"websocket told to retry after {time.monotonic() - began:.3f}s with Redis down")
-        assert time.monotonic() - began < 1.0
-    finally:
-        live.stop()
+    own_redis.stop(kill=True)
+    wait_until(lambda: httpx.get(f"{live.url}/readyz").status_code == 503, 10, "/readyz to see the outage")
+    await asyncio.sleep(0.5)  # the feed's connection is closed by the kill: it has noticed by now
+    async with httpx.AsyncClient(timeout=30) as client:
+        streamed, seconds = await timed_get(client, events_url(live, session_id), token=token)
+    assert_try_again(streamed, "event store unavailable", (2000, 5000))
+    print(f"stream told to retry after {seconds:.3f}s with Redis down")
+    assert seconds < 1.0
+    began = time.monotonic()
+    async with websockets.connect(ws_url(live, session_id, token), open_timeout=30) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+    print(f"websocket told to retry after {time.monotonic() - began:.3f}s with Redis down")
+    assert time.monotonic() - began < 1.0
 
 
 async def test_with_redis_frozen_a_stream_or_poll_is_told_to_retry_and_readyz_answers_within_bounds(
-    own_redis: RedisServer, session_id: str
+    own_redis: RedisServer, live: LiveServer, session_id: str
 ) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
     assert own_redis.process is not None
     try:
         own_redis.process.send_signal(signal.SIGSTOP)  # connections stay open; nothing answers
@@ -271,14 +252,11 @@ async def test_with_redis_frozen_a_stream_or_poll_is_told_to_retry_and_readyz_an
         assert poll_seconds < 4.5, "past the poll's read bound"
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
-        live.stop()
 
 
 async def test_sigterm_while_a_stream_waits_on_a_frozen_redis_answers_200_and_retry(
-    own_redis: RedisServer, session_id: str
+    own_redis: RedisServer, live: LiveServer, session_id: str
 ) -> None:
-    live = LiveServer(own_redis.url)
-    live.start()
     assert own_redis.process is not None and live.process is not None
     try:
         own_redis.process.send_signal(signal.SIGSTOP)
@@ -298,4 +276,3 @@ async def test_sigterm_while_a_stream_waits_on_a_frozen_redis_answers_200_and_re
         live.process.wait(10)
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
-        live.stop()

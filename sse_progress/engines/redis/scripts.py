@@ -162,7 +162,7 @@ def connection_options(url: str, verify_tls: bool) -> dict[str, Any]:
 def publish_arguments(
     keys: RedisKeys, draft: EventDraft, history: int, ttl: int
 ) -> tuple[list[str], list[str | bytes | int]]:
-    """KEYS and ARGV of ``PUBLISH_SCRIPT``; shared by the engine and the synchronous tracker."""
+    """KEYS and ARGV of ``PUBLISH_SCRIPT``; shared by the engine and the publisher's Redis sinks."""
     sid = draft.session_id
     return [keys.stream(sid), keys.snapshot(sid), keys.meta(sid), *keys.index.for_publish(draft.status)], [
         keys.channel(sid),

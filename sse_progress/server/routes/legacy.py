@@ -48,10 +48,8 @@ async def get_progress(request: Request) -> Response:
               oneOf:
                 - $ref: "#/components/schemas/SnapshotResponse"
                 - $ref: "#/components/schemas/Error"
-      "400":
-        $ref: "#/components/responses/BadRequest"
-      "503":
-        $ref: "#/components/responses/Unavailable"
+      "400": BadRequest
+      "503": Unavailable
     """
     service = Service.of(request)
     session_id = request.query_params.get("session", "")

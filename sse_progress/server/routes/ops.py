@@ -138,8 +138,7 @@ async def stats(request: Request) -> Response:
                   type: object
                   deprecated: true
                   description: the engine's figures, on the Redis engines only (read engine instead)
-      "503":
-        $ref: "#/components/responses/Unavailable"
+      "503": Unavailable
     """
     service = Service.of(request)
     service.authorize(request, "*", Role.ADMIN)

@@ -159,48 +159,13 @@ async def publish(request: Request) -> Response:
           application/json:
             schema:
               $ref: "#/components/schemas/SnapshotResponse"
-      "400":
-        $ref: "#/components/responses/BadRequest"
-      "409":
-        description: the session already ended; it accepts no more events
-        content:
-          application/json:
-            schema:
-              $ref: "#/components/schemas/Error"
-      "413":
-        description: the body is over 64 KiB
-        content:
-          application/json:
-            schema:
-              $ref: "#/components/schemas/Error"
-      "422":
-        description: a field is missing, unknown, of the wrong type or out of range (the error names it)
-        content:
-          application/json:
-            schema:
-              $ref: "#/components/schemas/Error"
-      "429":
-        description: too many events for this token and session (SSE_PROGRESS_PUBLISH_RATE)
-        headers:
-          Retry-After:
-            schema:
-              type: string
-        content:
-          application/json:
-            schema:
-              $ref: "#/components/schemas/Error"
-      "503":
-        $ref: "#/components/responses/Unavailable"
-      "507":
-        description: the event store is full (Redis at maxmemory with noeviction); it stores nothing until freed
-        headers:
-          Retry-After:
-            schema:
-              type: string
-        content:
-          application/json:
-            schema:
-              $ref: "#/components/schemas/Error"
+      "400": BadRequest
+      "409": the session already ended; it accepts no more events
+      "413": the body is over 64 KiB
+      "422": a field is missing, unknown, of the wrong type or out of range (the error names it)
+      "429": RateLimited
+      "503": Unavailable
+      "507": StoreFull
     """
     service = Service.of(request)
     session_id = service.session_id(request)

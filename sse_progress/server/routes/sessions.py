@@ -93,10 +93,8 @@ async def sessions(request: Request) -> Response:
             schema:
               type: object
               required: [success, sessions, next_cursor]
-      "400":
-        $ref: "#/components/responses/BadRequest"
-      "503":
-        $ref: "#/components/responses/Unavailable"
+      "400": BadRequest
+      "503": Unavailable
     """
     service = Service.of(request)
     service.authorize(request, "*", Role.OBSERVE)
@@ -143,10 +141,8 @@ async def figures(request: Request) -> Response:
             schema:
               type: object
               required: [success, steps, finished, running, stalled]
-      "400":
-        $ref: "#/components/responses/BadRequest"
-      "503":
-        $ref: "#/components/responses/Unavailable"
+      "400": BadRequest
+      "503": Unavailable
     """
     service = Service.of(request)
     service.authorize(request, "*", Role.OBSERVE)

@@ -46,12 +46,9 @@ async def snapshot(request: Request) -> Response:
               $ref: "#/components/schemas/SnapshotResponse"
       "304":
         description: nothing new since the ETag sent in If-None-Match
-      "400":
-        $ref: "#/components/responses/BadRequest"
-      "404":
-        $ref: "#/components/responses/NotFound"
-      "503":
-        $ref: "#/components/responses/Unavailable"
+      "400": BadRequest
+      "404": NotFound
+      "503": Unavailable
     """
     service = Service.of(request)
     session_id = service.session_id(request)
@@ -89,18 +86,10 @@ async def history(request: Request) -> Response:
           application/json:
             schema:
               $ref: "#/components/schemas/HistoryResponse"
-      "400":
-        $ref: "#/components/responses/BadRequest"
-      "404":
-        $ref: "#/components/responses/NotFound"
-      "422":
-        description: "`after` is not an event id"
-        content:
-          application/json:
-            schema:
-              $ref: "#/components/schemas/Error"
-      "503":
-        $ref: "#/components/responses/Unavailable"
+      "400": BadRequest
+      "404": NotFound
+      "422": "`after` is not an event id"
+      "503": Unavailable
     """
     service = Service.of(request)
     session_id = service.session_id(request)
