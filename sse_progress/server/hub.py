@@ -201,8 +201,10 @@ class Hub:
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._feed: Feed | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._written_sse = METRICS.events_delivered.labels("sse")
-        self._written_ws = METRICS.events_delivered.labels("ws")
+        self._delivered_sse = METRICS.events_delivered.labels("sse")
+        self._delivered_ws = METRICS.events_delivered.labels("ws")
+        self._written_sse = METRICS.events_written_to_socket.labels("sse")
+        self._written_ws = METRICS.events_written_to_socket.labels("ws")
 
     async def start(self) -> None:
         self._feed = self.engine.open_feed(self._on_message, self._on_resync)
@@ -344,8 +346,10 @@ class Hub:
                     ws += 1
         # Frames written straight to sockets are counted here, once per event rather than once per client.
         if sse:
+            self._delivered_sse.inc(sse)
             self._written_sse.inc(sse)
         if ws:
+            self._delivered_ws.inc(ws)
             self._written_ws.inc(ws)
 
     def _on_resync(self) -> None:

@@ -22,6 +22,13 @@ class Metrics:
         self.events_delivered = Counter(
             "sse_progress_events_delivered", "Frames written to clients", ["transport"], registry=self.registry
         )
+        self.events_written_to_socket = Counter(
+            "sse_progress_events_written_to_socket",
+            "Of the frames delivered, those the fan-out wrote straight to the client's socket rather than through "
+            "the stream's task and the server's send (zero under a server where that is not possible)",
+            ["transport"],
+            registry=self.registry,
+        )
         self.events_replayed = Counter(
             "sse_progress_events_replayed", "Frames sent from history on connect or resync", registry=self.registry
         )
