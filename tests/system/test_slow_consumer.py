@@ -7,6 +7,7 @@ as a frozen browser tab or a stalled proxy would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -67,10 +68,12 @@ class StalledReader:
         return stalled
 
     async def read_to_end(self, timeout: float = 20.0) -> bytes:
-        """Reads again, until the server closes the connection."""
+        """Reads again, until the server closes the connection (a client cut as too slow is reset: what had
+        reached its receive buffer is read first, then the reset ends it)."""
         async with asyncio.timeout(timeout):
-            while chunk := await self.reader.read(65536):
-                self.received += chunk
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := await self.reader.read(65536):
+                    self.received += chunk
         self.writer.close()
         return self.received
 

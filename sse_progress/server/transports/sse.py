@@ -29,7 +29,6 @@ from sse_progress.protocol.frames import (
     HEARTBEAT,
     STORE_UNAVAILABLE_RETRY_MS,
     retry_line,
-    shutdown_retry_line,
     try_again_body,
 )
 from sse_progress.protocol.tokens import Role
@@ -39,15 +38,21 @@ from sse_progress.server.hub import Listener
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.replay import (
     AlreadyFinished,
-    ServerClosing,
     SessionCursor,
     SessionExpired,
-    SlowConsumer,
     plan_replay,
 )
 from sse_progress.server.service import Service
 from sse_progress.server.stream_socket import cap_send_buffer, chunked_writer_of, drop, transport_of
 from sse_progress.server.transports.connection import ConnectionRecord
+from sse_progress.server.transports.disconnect import (
+    CLIENT_LEFT,
+    FINISHED,
+    STREAM_ENDINGS,
+    TOO_SLOW,
+    Disconnect,
+    disconnect_for,
+)
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-Content-Type-Options": "nosniff"}
 EVENT_STREAM_RAW_HEADERS = [
@@ -143,13 +148,13 @@ class SseResponse(Response):
         connection = ConnectionRecord(listener.session_id, "sse", self.resume)
         transport = transport_of(send)
         cap_send_buffer(transport, self.send_buffer)
-        reason = "client left"
+        ending = CLIENT_LEFT
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
             listener.writer = chunked_writer_of(send, self.buffer_bytes)
-            reason = await _deliver(self.stream, send)
-            if reason == "too slow" and drop(transport):
+            ending = await _deliver(self.stream, send)
+            if ending.reset and drop(transport):
                 STREAM_ABORTED.set(True)
                 return  # reset: an ordinary end would wait for the client to read what is queued for it
             await _write(send, listener, b"", more_body=False)
@@ -160,17 +165,17 @@ class SseResponse(Response):
             # heartbeats): drop the connection. It reconnects with Last-Event-ID and replays from the stream.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             STREAM_ABORTED.set(True)
-            reason = "too slow"
+            ending = TOO_SLOW
             drop(transport)  # reset: uvicorn's close would wait, forever, to flush what the client does not read
         finally:
             watcher.cancel()
             listener.task = None
             listener.writer = None
             self.stream.close()
-            connection.closed(reason, self.stream.sent)
+            connection.closed(ending.reason, self.stream.sent)
 
 
-async def _deliver(stream: SessionCursor, send: Send) -> str:
+async def _deliver(stream: SessionCursor, send: Send) -> Disconnect:
     """Writes every batch the stream's task handles; returns why the stream ended."""
     listener = stream.listener
     delivered = METRICS.events_delivered.labels("sse")
@@ -182,16 +187,12 @@ async def _deliver(stream: SessionCursor, send: Send) -> str:
             # One write per wake-up: frames that arrived together leave together.
             await _write(send, listener, batch[0].sse if len(batch) == 1 else b"".join([f.sse for f in batch]))
             delivered.inc(len(batch))
-    except SlowConsumer:
-        return "too slow"
-    except EngineUnavailable:
-        return "event store unavailable"  # the client reconnects and resumes once it is back
-    except SessionExpired:
-        return "session expired"  # the client reconnects with its last id and gets 204
-    except ServerClosing:
-        await _write(send, listener, shutdown_retry_line())
-        return "shutdown"
-    return "client left" if listener.gone else "finished"
+    except STREAM_ENDINGS as error:
+        ending = disconnect_for(error)
+        if ending.sse_last_words is not None:
+            await _write(send, listener, ending.sse_last_words())
+        return ending
+    return CLIENT_LEFT if listener.gone else FINISHED
 
 
 async def _write(send: Send, listener: Listener, body: bytes, more_body: bool = True) -> None:
@@ -244,26 +245,21 @@ class _ShutdownSignal:
 async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str | None) -> AsyncIterator[bytes]:
     connection = ConnectionRecord(stream.listener.session_id, "sse", resume)
     delivered = METRICS.events_delivered.labels("sse")
-    reason = "client left"
+    ending = CLIENT_LEFT
     try:
         yield retry_line(retry_ms)
         async for batch in stream.batches():
             if batch:  # sse-starlette sends its own heartbeats
                 yield b"".join([frame.sse for frame in batch])
                 delivered.inc(len(batch))
-        reason = "finished"
-    except SlowConsumer:
-        reason = "too slow"
-    except EngineUnavailable:
-        reason = "event store unavailable"
-    except SessionExpired:
-        reason = "session expired"
-    except ServerClosing:
-        reason = "shutdown"
-        yield shutdown_retry_line()
+        ending = FINISHED
+    except STREAM_ENDINGS as error:
+        ending = disconnect_for(error)
+        if ending.sse_last_words is not None:
+            yield ending.sse_last_words()
     finally:
         stream.close()
-        connection.closed(reason, stream.sent)
+        connection.closed(ending.reason, stream.sent)
 
 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:

@@ -20,26 +20,32 @@ from sse_progress.protocol.events import format_event_id, now_iso
 from sse_progress.protocol.frames import Frame
 from sse_progress.protocol.tokens import Role
 from sse_progress.server.metrics import METRICS
-from sse_progress.server.replay import AlreadyFinished, ServerClosing, SessionCursor, SessionExpired, SlowConsumer
+from sse_progress.server.replay import AlreadyFinished, SessionCursor, SessionExpired
 from sse_progress.server.service import Service
 from sse_progress.server.stream_socket import cap_send_buffer, drop, transport_of, websocket_writer_of
 from sse_progress.server.transports.connection import ConnectionRecord
+from sse_progress.server.transports.disconnect import (
+    ALREADY_FINISHED,
+    CLIENT_LEFT,
+    CLOSE_POLICY,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN,
+    FINISHED,
+    INTERNAL_ERROR,
+    MESSAGE_TOO_BIG,
+    SHUT_BY_SERVER,
+    STREAM_ENDINGS,
+    TOO_SLOW,
+    Disconnect,
+    disconnect_for,
+)
 
 log = logging.getLogger("sse_progress.connections")
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_REASON_BYTES = 123  # RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code
 CLOSE_TIMEOUT_SECONDS = 5.0
-CLOSE_NORMAL = 1000
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN = 1013
 DISCONNECTED = (WebSocketDisconnect, RuntimeError, OSError)
-
-Ending = tuple[int | None, str]
-"""How a connection ends: the close code to send (None: the socket is already closed) and the logged reason."""
 
 FrameText = Callable[[Frame], str]
 """The message a frame is sent as (the legacy ``/session/<id>`` route renames snapshot frames)."""
@@ -65,13 +71,10 @@ async def session_socket(websocket: WebSocket, render: FrameText = frame_text) -
     try:
         stream = await SessionCursor.open(service.hub, session_id, resume, "ws")
     except AlreadyFinished:
-        await _close(websocket, CLOSE_NORMAL, "session already finished")
+        await _end(websocket, ALREADY_FINISHED)
         return
-    except SessionExpired:
-        await _close(websocket, CLOSE_NORMAL, "session expired: nothing is stored any more")
-        return
-    except EngineUnavailable:
-        await _close(websocket, CLOSE_TRY_AGAIN, "event store unavailable")
+    except (SessionExpired, EngineUnavailable) as error:
+        await _end(websocket, disconnect_for(error))
         return
     # Sent once the session is followed: an event published after the client reads it is not missed.
     try:
@@ -127,26 +130,25 @@ class WebSocketConnection:
             listener.writer = None
             # Release the buffer before the close handshake, which waits for a slow client to read.
             self.stream.close()
-            code, reason = self._ending(sender, receiver)
-            self.connection.closed(reason, self.stream.sent)
-        if reason == "too slow" and drop(self.transport):
-            return  # reset: a 1013 would queue behind what the client does not read, and never reach it
-        if code is not None:
-            await _close(self.websocket, code, reason)
+            ending = self._ending(sender, receiver)
+            self.connection.closed(ending.reason, self.stream.sent)
+        if ending.reset and drop(self.transport):
+            return  # a 1013 would queue behind what the client does not read, and never reach it
+        await _end(self.websocket, ending)
 
-    def _ending(self, sender: asyncio.Future[Ending], receiver: asyncio.Future[Ending]) -> Ending:
+    def _ending(self, sender: asyncio.Future[Disconnect], receiver: asyncio.Future[Disconnect]) -> Disconnect:
         if self.stream.listener.aborted:
-            return CLOSE_TRY_AGAIN, "too slow"
+            return TOO_SLOW
         for task in (sender, receiver):
             if task.done() and not task.cancelled():
                 error = task.exception()
                 if error is None:
                     return task.result()
                 log.error("websocket stream failed", exc_info=error)
-                return CLOSE_INTERNAL_ERROR, "internal error"
-        return None, "client left"
+                return INTERNAL_ERROR
+        return CLIENT_LEFT
 
-    async def _deliver(self) -> Ending:
+    async def _deliver(self) -> Disconnect:
         listener = self.stream.listener
         delivered = METRICS.events_delivered.labels("ws")
         try:
@@ -154,34 +156,26 @@ class WebSocketConnection:
                 for frame in batch:  # an empty batch is a heartbeat: WebSocket pings are uvicorn's
                     await listener.write(self.websocket.send_text(self.render(frame)))
                 delivered.inc(len(batch))
-        except SlowConsumer:
-            return CLOSE_TRY_AGAIN, "too slow"
-        except ServerClosing:
-            return CLOSE_SERVICE_RESTART, "shutdown"
-        except EngineUnavailable:
-            return CLOSE_TRY_AGAIN, "event store unavailable"
-        except SessionExpired:
-            return CLOSE_NORMAL, "session expired: nothing is stored any more"
+        except STREAM_ENDINGS as error:
+            return disconnect_for(error)
         except DISCONNECTED:
-            return None, "client left"
-        if listener.gone:
-            return None, "client left"
-        return CLOSE_NORMAL, "finished"
+            return CLIENT_LEFT
+        return CLIENT_LEFT if listener.gone else FINISHED
 
-    async def _receive(self) -> Ending:
+    async def _receive(self) -> Disconnect:
         """Answer the client's control messages until it disconnects."""
         try:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
                     # uvicorn reports its own 1012 close at shutdown as a disconnect.
-                    return None, "shutdown" if message.get("code") == CLOSE_SERVICE_RESTART else "client left"
+                    return SHUT_BY_SERVER if message.get("code") == CLOSE_SERVICE_RESTART else CLIENT_LEFT
                 raw = message.get("text") or message.get("bytes") or b""
                 if len(raw) > MAX_MESSAGE_BYTES:
-                    return CLOSE_TOO_BIG, "message over 64 KiB"
+                    return MESSAGE_TOO_BIG
                 await _send(self.websocket, _answer(raw, self.service, self.stream))
         except DISCONNECTED:
-            return None, "client left"
+            return CLIENT_LEFT
 
 
 def _answer(raw: str | bytes, service: Service, stream: SessionCursor) -> dict[str, object]:
@@ -206,6 +200,11 @@ def _answer(raw: str | bytes, service: Service, stream: SessionCursor) -> dict[s
 
 async def _send(websocket: WebSocket, message: dict[str, object]) -> None:
     await websocket.send_text(orjson.dumps(message).decode())
+
+
+async def _end(websocket: WebSocket, ending: Disconnect) -> None:
+    if ending.close_code is not None:
+        await _close(websocket, ending.close_code, ending.close_text)
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
