@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,6 +40,9 @@ GRANTS: dict[Role, frozenset[Role]] = {
 }
 
 
+VERIFIED_TOKENS_KEPT = 8192  # about 2 MB: the tokens of the streams one process holds, and their reconnects
+
+
 @dataclass(frozen=True, slots=True)
 class Claims:
     session: str
@@ -58,12 +62,22 @@ class TokenAuthority:
         self.insecure = insecure
         # itsdangerous signs with the *last* key of the list and verifies with all of them.
         self._serializer = URLSafeSerializer(list(reversed(secrets)) or ["insecure"], salt=SALT)
+        # A reconnecting client shows the same token again and again: its signature and spelling are checked
+        # once per process. Only tokens that passed are kept (an error is never cached), and expiry is checked
+        # on every use.
+        self._decode = functools.lru_cache(maxsize=VERIFIED_TOKENS_KEPT)(self._decode_uncached)
 
     def issue(self, session: str, role: Role = Role.SUBSCRIBE, ttl: int = 3600) -> str:
         return self._serializer.dumps({"s": session, "r": role.value, "e": int(time.time()) + ttl})
 
     def verify(self, token: str) -> Claims:
         """Claims of a well-formed, untampered, unexpired token; else ``ApiError(401)``."""
+        claims = self._decode(token)
+        if claims.expires < time.time():
+            raise ApiError(401, "token expired: ask for a new one")
+        return claims
+
+    def _decode_uncached(self, token: str) -> Claims:
         try:
             payload = self._serializer.loads(token)
             claims = Claims(str(payload["s"]), Role(payload["r"]), int(payload["e"]))
@@ -75,8 +89,6 @@ class TokenAuthority:
                 "invalid token: not spelled as it was issued (extra padding, characters or altered trailing bits); "
                 "send it exactly as issued",
             )
-        if claims.expires < time.time():
-            raise ApiError(401, "token expired: ask for a new one")
         return claims
 
     def check(self, token: str | None, session: str, needed: Role) -> Claims | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+from types import SimpleNamespace
 
 import pytest
 
+from sse_progress.protocol import tokens
 from sse_progress.protocol.errors import ApiError
 from sse_progress.protocol.tokens import Role, TokenAuthority
 
@@ -72,3 +74,26 @@ def test_key_rotation_first_key_signs_every_key_verifies() -> None:
 
 def test_insecure_mode_checks_nothing() -> None:
     assert TokenAuthority((), insecure=True).check(None, "abc", Role.ADMIN) is None
+
+
+def test_a_token_is_decoded_once_per_process_and_its_expiry_checked_at_every_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    authority = TokenAuthority(("a-secret-of-enough-length-for-tests",))
+    token = authority.issue("s1", Role.SUBSCRIBE, ttl=60)
+    for _ in range(3):
+        assert authority.check(token, "s1", Role.SUBSCRIBE) is not None
+    assert authority._decode.cache_info().misses == 1 and authority._decode.cache_info().hits == 2
+    later = tokens.time.time() + 120
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(time=lambda: later))  # this module's clock only
+    with pytest.raises(ApiError, match="expired"):
+        authority.check(token, "s1", Role.SUBSCRIBE)
+
+
+def test_a_refused_token_is_never_kept() -> None:
+    authority = TokenAuthority(("a-secret-of-enough-length-for-tests",))
+    forged = authority.issue("s1")[:-2] + "xx"
+    for _ in range(2):
+        with pytest.raises(ApiError):
+            authority.check(forged, "s1", Role.SUBSCRIBE)
+    assert authority._decode.cache_info().currsize == 0
