@@ -35,7 +35,8 @@ if __package__ in (None, ""):  # `python bench/push_vs_poll.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
-from bench.loadgen import Client, Stats, close_all, connect, percentile, session_path
+from bench.clients import Client, Stats, close_all, connect, session_path
+from bench.loadgen import percentile
 from sse_progress.protocol.tokens import Role, TokenAuthority
 
 RESULTS = procs.BENCH / "results"
