@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
+from tests.support.processes import RedisServer
 
 RESULTS = procs.BENCH / "results"
 
@@ -62,7 +63,7 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
-def start_target(name: str, redis: procs.RedisServer) -> procs.Server:
+def start_target(name: str, redis: RedisServer) -> procs.Server:
     if name == "sse1":
         return procs.start_sse_progress(redis.url, workers=1)
     if name == "sse2":
@@ -77,7 +78,7 @@ def start_target(name: str, redis: procs.RedisServer) -> procs.Server:
 
 
 def run_one(
-    name: str, scenario: str, spec: dict[str, Any], redis: procs.RedisServer, quick: bool, profile: bool
+    name: str, scenario: str, spec: dict[str, Any], redis: RedisServer, quick: bool, profile: bool
 ) -> dict[str, Any]:
     server = start_target(name, redis)
     out = RESULTS / f".{name}-{scenario}.json.tmp"
@@ -96,7 +97,9 @@ def run_one(
         "--redis-port",
         str(redis.port),
         "--redis-pid",
-        str(redis.proc.pid),
+        str(redis.process.pid if redis.process else 0),
+        "--secret",
+        server.secret,
         "--server-pid",
         str(server.proc.pid),
         "--conns",
@@ -141,7 +144,7 @@ def run_one(
             return {"error": f"loadgen exited with {loadgen.returncode}"}
         result: dict[str, Any] = json.loads(out.read_text())
         out.unlink()
-        result["server_log_errors"] = count_log_errors(server.workdir / "server.log")
+        result["server_log_errors"] = count_log_errors(server.log)
         result["wall_s"] = round(time.monotonic() - began, 1)
         return result
     finally:

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -106,9 +107,14 @@ def pings(client: redis.Redis) -> bool:
 
 
 class LiveServer(ManagedProcess):
-    """``uvicorn sse_progress.server.app:create_app`` in a subprocess, on a fixed port across restarts."""
+    """``uvicorn sse_progress.server.app:create_app`` in a subprocess, on a fixed port across restarts.
 
-    def __init__(self, redis_url: str | None, env: dict[str, str] | None = None) -> None:
+    ``uvicorn_args`` are added to uvicorn's command line (the benchmarks: ``--loop uvloop``, ``--workers 2``)."""
+
+    def __init__(
+        self, redis_url: str | None, env: dict[str, str] | None = None, uvicorn_args: Sequence[str] = ()
+    ) -> None:
+        self.uvicorn_args = tuple(uvicorn_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.redis_url = redis_url
@@ -146,6 +152,7 @@ class LiveServer(ManagedProcess):
                     "3",
                     "--log-level",
                     "warning",
+                    *self.uvicorn_args,
                 ],
                 cwd=ROOT,
                 env=self.env,
