@@ -135,10 +135,18 @@ ASGI_SERVERS = ("uvicorn", "hypercorn")
 class LiveServer(ManagedProcess):
     """The app under an ASGI server (``asgi``: uvicorn or hypercorn) in a subprocess, on one port across restarts."""
 
-    def __init__(self, redis_url: str | None, env: dict[str, str] | None = None, asgi: str = "uvicorn") -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        env: dict[str, str] | None = None,
+        asgi: str = "uvicorn",
+        options: tuple[str, ...] = (),
+    ) -> None:
+        """``options`` are added to the ASGI server's command line (``("--http", "h11")``, say)."""
         if asgi not in ASGI_SERVERS:
             raise ValueError(f"asgi must be one of {ASGI_SERVERS}, not {asgi!r}")
         self.asgi = asgi
+        self.options = options
         self.extra_env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -162,7 +170,7 @@ class LiveServer(ManagedProcess):
 
     def under(self, asgi: str) -> LiveServer:
         """A server of the same store and environment under another ASGI server (not started)."""
-        return LiveServer(self.redis_url, self.extra_env, asgi)
+        return LiveServer(self.redis_url, self.extra_env, asgi, self.options if asgi == self.asgi else ())
 
     def command(self) -> list[str]:
         if self.asgi == "hypercorn":
@@ -179,7 +187,7 @@ class LiveServer(ManagedProcess):
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", *self.command()],
+                [sys.executable, "-m", *self.command(), *self.options],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
