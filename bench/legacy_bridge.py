@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 from datetime import datetime
-from pathlib import Path
 
 import httpx
 import redis
@@ -87,7 +86,7 @@ async def one_job(kind: str, base: str, token: str, redis_url: str, sid: str, ar
 async def measure(args: argparse.Namespace) -> None:
     store = procs.start_redis()
     server = procs.start_sse_progress(store.url)
-    log = Path(server.workdir) / "bridge.log"
+    log = server.log.with_name(server.log.stem + "-bridge.log")
     with log.open("ab") as handle:
         bridge = subprocess.Popen(
             [sys.executable, "-m", "sse_progress.cli", "bridge", "--redis-url", store.url],

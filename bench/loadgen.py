@@ -3,12 +3,16 @@
 Run by ``bench/run.py`` in its own process (one per scenario), so its CPU never counts as the server's:
 
     python -m bench.loadgen --kind sse --port 8000 --redis-url redis://127.0.0.1:6379/0 --conns 5000 \
-        --sessions 50 --delivery-rate 20000 --duration 15 --server-pid 1234 --out result.json
+        --sessions 50 --delivery-rate 20000 --duration 15 --server-pid 1234 --secret <the server's> --out result.json
 
-Clients are raw ``asyncio.Protocol`` objects on uvloop (HTTP/1.1 GET, chunked decoding, SSE framing by
-``\\n\\n``), no HTTP library per connection. Each event carries ``{"t": publish time_ns, "n": per-session
-sequence}``: ``t`` gives publish→receive latency, ``n`` (1:1 with the event id) gives lost and duplicated
-events per connection with a bitmap.
+Clients (``bench/clients.py``) are raw ``asyncio.Protocol`` objects on uvloop (HTTP/1.1 GET, chunked decoding,
+SSE framing by ``\\n\\n``), no HTTP library per connection. Each event carries ``{"t": publish time_ns,
+"n": per-session sequence}``: ``t`` gives publish→receive latency, ``n`` (1:1 with the event id) gives lost and
+duplicated events per connection with a bitmap.
+
+``--transport ws`` opens WebSockets instead of SSE streams; ``--stalled N`` adds N clients that never read
+(``bench/stalled.py``) and reports when the server cut each; over 25,000 connections the clients connect from
+several 127.0.0.x addresses (``--source-addrs``).
 
 The publisher runs in a separate process (so receive bursts never delay publish timestamps), on a fixed
 schedule (event k at start + k/rate, sessions round-robin), with a few concurrent tasks:
@@ -24,248 +28,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import math
 import multiprocessing
 import os
-import socket
-import struct
 import sys
 import time
 import uuid
-from array import array
 from typing import Any
 
 from bench import procs
+from bench.clients import DEFERRED, LIVE, Client, Stats, close_all, connect, session_path
+from bench.stalled import StalledClients, sockstat_tcp
 from sse_progress.protocol.tokens import Role, TokenAuthority
-
-LINGER_RST = struct.pack("ii", 1, 0)
-
-
-# --------------------------------------------------------------------------------------------------- clients
-
-
-class Stats:
-    def __init__(self) -> None:
-        self.latencies_us = array("q")
-        self.frames = 0
-        self.bytes_in = 0
-        self.status: dict[int, int] = {}
-        self.ended_early = 0
-        self.reconnects = 0
-        self.connect_errors = 0
-
-
-class Client:
-    """One logical browser: survives reconnects; remembers its last id and which events it has seen."""
-
-    __slots__ = (
-        "conn",
-        "connected_at",
-        "dups",
-        "ended",
-        "headers",
-        "index",
-        "last_id",
-        "live",
-        "ooo",
-        "path",
-        "ready",
-        "received",
-        "reconnects",
-        "seen",
-        "session",
-        "storming",
-        "unique",
-    )
-
-    def __init__(self, index: int, session: int, path: str) -> None:
-        self.index = index
-        self.session = session
-        self.path = path
-        self.seen = bytearray(64)
-        self.received = 0
-        self.unique = 0
-        self.dups = 0
-        self.ooo = 0
-        self.last_id: bytes | None = None
-        self.conn: SseConnection | None = None
-        self.live: asyncio.Future[int] | None = None
-        self.ended: asyncio.Future[None] | None = None
-        self.headers = 0
-        self.connected_at = 0.0
-        self.reconnects = 0
-        self.storming = False
-        self.ready = False  # its stream was open when publishing started
-
-
-class SseConnection(asyncio.Protocol):
-    """One HTTP/1.1 SSE response, parsed incrementally (headers, chunked encoding, frames)."""
-
-    def __init__(self, client: Client, stats: Stats, request: bytes) -> None:
-        self.client = client
-        self.stats = stats
-        self.request = request
-        self.transport: asyncio.Transport | None = None
-        self.head = b""
-        self.in_body = False
-        self.chunked = False
-        self.chunk_left = 0
-        self.need_crlf = False
-        self.raw = b""
-        self.text = b""
-        self.crlf = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)  # close = RST, no TIME_WAIT
-        transport.write(self.request)
-
-    def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        self.stats.bytes_in += len(data)
-        if not self.in_body:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head, data = self.head[:end].lower(), self.head[end + 4 :]
-            self.head = b""
-            self.in_body = True
-            status = int(head[9:12])
-            self.stats.status[status] = self.stats.status.get(status, 0) + 1
-            self.chunked = b"transfer-encoding: chunked" in head
-            client = self.client
-            if client.live is not None and not client.live.done():
-                client.live.set_result(status)
-            if status != 200:
-                self.transport.close()  # type: ignore[union-attr]
-                return
-            if not data:
-                return
-        if self.chunked:
-            data = self._dechunk(data)
-        if b"\r" in data or self.crlf:  # sse-starlette's default separator is \r\n
-            self.crlf = True
-            data = data.replace(b"\r\n", b"\n")
-        text = self.text + data
-        cut = text.rfind(b"\n\n")
-        if cut < 0:
-            self.text = text
-            return
-        self.text = text[cut + 2 :]
-        self._frames(text[:cut], now)
-
-    def _dechunk(self, data: bytes) -> bytes:
-        buf = self.raw + data if self.raw else data
-        out = []
-        pos, size = 0, len(buf)
-        while pos < size:
-            if self.chunk_left:
-                take = min(self.chunk_left, size - pos)
-                out.append(buf[pos : pos + take])
-                pos += take
-                self.chunk_left -= take
-                if not self.chunk_left:
-                    self.need_crlf = True
-                continue
-            if self.need_crlf:
-                if size - pos < 2:
-                    break
-                pos += 2
-                self.need_crlf = False
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            length = int(buf[pos:eol].split(b";", 1)[0], 16)
-            pos = eol + 2
-            if length == 0:
-                break
-            self.chunk_left = length
-        self.raw = buf[pos:]
-        return b"".join(out)
-
-    def _frames(self, text: bytes, now: int) -> None:
-        client = self.client
-        stats = self.stats
-        latencies = stats.latencies_us
-        seen = client.seen
-        last_data = None
-        last_n = -1
-        for frame in text.split(b"\n\n"):
-            i = frame.find(b'"t":')
-            if i < 0:
-                continue  # retry line, comment, heartbeat
-            j = frame.find(b",", i)
-            k = frame.find(b'"n":', j)
-            e = frame.find(b"}", k)
-            n = int(frame[k + 4 : e])
-            latencies.append((now - int(frame[i + 4 : j])) // 1000)
-            last_data = frame
-            if n >= len(seen):
-                seen.extend(bytes(n + 64 - len(seen)))
-                client.seen = seen
-            if seen[n]:
-                client.dups += 1
-            else:
-                seen[n] = 1
-                client.unique += 1
-            if n < last_n:
-                client.ooo += 1
-            last_n = n
-            client.received += 1
-        if last_data is not None:
-            idx = last_data.find(b"id: ")
-            if idx >= 0:
-                end = last_data.find(b"\n", idx)
-                client.last_id = last_data[idx + 4 : end]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        client = self.client
-        if client.live is not None and not client.live.done():
-            client.live.set_result(0)
-        if client.ended is not None and not client.ended.done():
-            client.ended.set_result(None)
-
-
-def request_for(kind: str, port: int, path: str, last_id: bytes | None) -> bytes:
-    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream", "Cache-Control: no-cache"]
-    if last_id:
-        lines.append(f"Last-Event-ID: {last_id.decode()}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-async def connect(
-    loop: asyncio.AbstractEventLoop, kind: str, port: int, client: Client, stats: Stats, resume: bool
-) -> int:
-    """Open the client's stream; returns the HTTP status (0 on a connection error)."""
-    client.live = loop.create_future()
-    client.ended = loop.create_future()
-    request = request_for(kind, port, client.path, client.last_id if resume else None)
-    try:
-        _, protocol = await loop.create_connection(lambda: SseConnection(client, stats, request), "127.0.0.1", port)
-    except OSError:
-        stats.connect_errors += 1
-        client.live.set_result(0)
-        client.ended.set_result(None)
-        return 0
-    client.conn = protocol
-    status = await client.live
-    client.headers = status
-    client.connected_at = time.monotonic()
-    return status
-
-
-def session_path(kind: str, session: str, token: str) -> str:
-    if kind == "nchan":
-        return f"/sub/{session}"
-    if kind == "naive":
-        return f"/events/{session}"
-    return f"/sessions/{session}/events?token={token}"
-
 
 # --------------------------------------------------------------------------------------------------- publisher
 
@@ -417,19 +192,12 @@ async def open_all(
                 return 0
 
     statuses = await asyncio.gather(*(one(c) for c in clients))
-    return sum(1 for s in statuses if s == 200), time.monotonic() - began
-
-
-def close_all(clients: list[Client]) -> None:
-    for client in clients:
-        conn = client.conn
-        if conn is not None and conn.transport is not None:
-            conn.transport.abort()
+    return sum(1 for s in statuses if s == LIVE), time.monotonic() - began
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    procs.raise_fd_limit()
+    procs.raise_fd_limit(args.conns + args.stalled + 2000)
     probe = ServerProbe(args.server_pid, args.port, args.redis_port, args.redis_pid)
     run_id = uuid.uuid4().hex[:8]
     sessions = [f"b{run_id}-{i}" for i in range(args.sessions)]
@@ -438,12 +206,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         authority = TokenAuthority((args.secret,))
         tokens = [authority.issue(s, Role.SUBSCRIBE, ttl=3600) for s in sessions]
     stats = Stats()
+    # Over ~25,000 connections one source address runs out of ephemeral ports: spread them over 127.0.0.x.
+    addrs = args.source_addrs or math.ceil(args.conns / 25000)
     clients = [
-        Client(i, i % len(sessions), session_path(args.kind, sessions[i % len(sessions)], tokens[i % len(sessions)]))
+        Client(
+            i,
+            i % len(sessions),
+            session_path(args.kind, sessions[i % len(sessions)], tokens[i % len(sessions)], args.transport),
+            args.transport,
+            f"127.0.0.{1 + i % addrs}" if addrs > 1 else "",
+        )
         for i in range(args.conns)
     ]
     result: dict[str, Any] = {
         "kind": args.kind,
+        "transport": args.transport,
         "scenario": args.scenario,
         "conns": args.conns,
         "sessions": args.sessions,
@@ -454,12 +231,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     warm_token = ""
     if args.kind == "sse":
         warm_token = TokenAuthority((args.secret,)).issue(f"w{run_id}", Role.SUBSCRIBE, ttl=3600)
-    warm = Client(-1, 0, session_path(args.kind, f"w{run_id}", warm_token))
+    warm = Client(-1, 0, session_path(args.kind, f"w{run_id}", warm_token, args.transport), args.transport)
     await connect(loop, args.kind, args.port, warm, Stats(), False)
     close_all([warm])
     await asyncio.sleep(args.warm_sleep)
     result["rss_idle_kb"] = probe.rss_kb()
     result["redis_conns_idle"] = probe.redis_conns()
+    result["source_addresses"] = addrs
+    result["tcp_mem_pages_before"] = sockstat_tcp()
 
     deadline = time.monotonic() + args.connect_timeout
     connect_cpu0 = probe.cpu()
@@ -468,8 +247,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result["connected"] = ok
     result["connect_seconds"] = round(took, 3)
     result["statuses_on_connect"] = dict(stats.status)
+    result["deferred_on_connect"] = dict(stats.deferred)
+    stalled = StalledClients(args.port, args.stalled_rcvbuf)
+    if args.stalled:
+        # Spread over the same sessions as the healthy clients: the hub fans out to both.
+        stalled_paths = [
+            (i % len(sessions), session_path(args.kind, sessions[i % len(sessions)], tokens[i % len(sessions)]))
+            for i in range(args.stalled)
+        ]
+        result["stalled_opened_200"] = await stalled.open(loop, stalled_paths)
     await asyncio.sleep(args.settle)
-    live = sum(1 for c in clients if c.ended is not None and not c.ended.done() and c.headers == 200)
+    live = sum(1 for c in clients if c.ended is not None and not c.ended.done() and c.headers == LIVE)
     result["live_after_settle"] = live
     rss_loaded = probe.rss_kb()
     result["rss_loaded_kb"] = rss_loaded
@@ -518,15 +306,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 while running and (client.storming or client.ended is ended):
                     await asyncio.sleep(0.1)
                 continue
-            stats.ended_early += 1
+            delay = args.reconnect_delay
+            if client.headers == DEFERRED:  # the server asked for a pause: wait it out, as EventSource does
+                delay = (client.retry_ms or 0) / 1000
+            else:
+                stats.ended_early += 1
             client.reconnects += 1
             stats.reconnects += 1
-            await asyncio.sleep(args.reconnect_delay)
+            await asyncio.sleep(delay)
             if running:
                 await connect(loop, args.kind, args.port, client, stats, True)
 
     for c in clients:
-        c.ready = c.headers == 200 and c.ended is not None and not c.ended.done()
+        c.ready = c.headers == LIVE and c.ended is not None and not c.ended.done()
     watchers = [asyncio.ensure_future(keep_alive(c)) for c in clients]
     cpu0, rcpu0, frames0 = probe.cpu(), probe.redis_cpu(), sum(c.received for c in clients)
     machine0, own0 = machine_busy_seconds(), os.times()
@@ -540,6 +332,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, t_start + args.storm_at - time.monotonic()))
         storm = await reconnect_storm(loop, args, clients, stats)
     publish_done = loop.run_in_executor(None, _recv_blocking, parent, args.duration + 60)
+    peaks = {"rss_kb": probe.rss_kb(), "tcp_mem_pages": sockstat_tcp()}
+    sampler = asyncio.ensure_future(sample(probe, stalled, peaks, args.sample_every))
     published = await publish_done
     t_published = time.monotonic()
     expected = published["published"] if published else [0] * len(sessions)
@@ -562,6 +356,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     running = False
     for w in watchers:
         w.cancel()
+    sampler.cancel()
     publisher.join(5)
 
     deliveries = sum(c.received for c in clients) - frames0
@@ -604,10 +399,45 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # every core's busy time over the window: minus server + Redis + loadgen + publisher = other load
             "machine_busy_cores": round((machine1 - machine0) / max(1e-9, t_end - t_start), 2),
             "storm": storm,
+            "deferred": dict(stats.deferred),
+            "ws_close_codes": dict(stats.ws_close_codes),
+            "server_rss_peak_kb": peaks["rss_kb"],
+            "tcp_mem_pages_peak": peaks["tcp_mem_pages"],
         }
     )
+    if args.stalled:
+        # A write still blocked when publishing ended is cut all the same: give the last ones their heartbeats.
+        waited_until = time.monotonic() + 2 * args.heartbeat + 1
+        while any(not c.cut_at for c in stalled.clients) and time.monotonic() < waited_until:
+            await asyncio.sleep(args.sample_every)
+            stalled.check_resets(time.monotonic())
+            stalled.sample(time.monotonic())
+        # The stalled clients share the healthy clients' sessions, so this is what was sent to each of them.
+        rate = stats.bytes_in / max(1, len(served)) / max(1e-9, t_end - t_start)
+        result["stalled"] = stalled.report(args.heartbeat, rate, args.sample_every)
+        result["tcp_mem_pages_stalled_cut"] = sockstat_tcp()  # the stalled clients still open, not reading
+        result["tcp_orphans_stalled_cut"] = sockstat_tcp("orphan")
     close_all(clients)
+    stalled.close()
+    await asyncio.sleep(1.0)  # the kernel frees the sockets' memory once they are gone
+    result["tcp_mem_pages_after"] = sockstat_tcp()
+    result["tcp_orphans_after"] = sockstat_tcp("orphan")  # cut connections the kernel still sends from
     return result
+
+
+async def sample(probe: ServerProbe, stalled: StalledClients, peaks: dict[str, int], every: float) -> None:
+    """While publishing: peaks of server RSS and kernel TCP memory; the stalled clients' queues and cuts."""
+    tick = 0
+    while True:
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        stalled.check_resets(now)
+        if stalled.clients:
+            stalled.sample(now)
+        if tick % 4 == 0:
+            peaks["rss_kb"] = max(peaks["rss_kb"], probe.rss_kb())
+            peaks["tcp_mem_pages"] = max(peaks["tcp_mem_pages"], sockstat_tcp())
+        tick += 1
 
 
 def machine_busy_seconds() -> float:
@@ -659,6 +489,7 @@ async def reconnect_storm(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", choices=("sse", "nchan", "naive"), required=True)
+    p.add_argument("--transport", choices=("sse", "ws"), default="sse", help="EventSource-like or WebSocket clients")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--scenario", default="a")
     p.add_argument("--redis-url", default="")
@@ -680,6 +511,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storm-at", type=float, default=4.0)
     p.add_argument("--max-reconnects", type=int, default=3)
     p.add_argument("--reconnect-delay", type=float, default=0.5)
+    p.add_argument("--source-addrs", type=int, default=0, help="127.0.0.x addresses to connect from (0: auto)")
+    p.add_argument("--stalled", type=int, default=0, help="extra clients that never read (slow-consumer scenario)")
+    p.add_argument("--stalled-rcvbuf", type=int, default=4096, help="SO_RCVBUF of the stalled clients")
+    p.add_argument("--heartbeat", type=float, default=15.0, help="the server's SSE_PROGRESS_HEARTBEAT (for the report)")
+    p.add_argument("--sample-every", type=float, default=0.25, help="seconds between checks of the stalled clients")
     p.add_argument("--out", default="-")
     p.add_argument("--mark", default="", help="file written when publishing starts")
     return p.parse_args(argv)

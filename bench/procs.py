@@ -1,9 +1,11 @@
-"""Process plumbing for the bench: starting/stopping targets in their own process groups, figures from /proc.
+"""Process plumbing for the bench: the targets, figures from /proc.
 
-Ports and the repository root come from the test suite's harness (``tests/support/processes.py``).
+The test suite's harness (``tests/support/processes.py``) starts redis-server and the sse-progress server
+(``LiveServer``, here with uvloop, httptools and the production heartbeat and retry), and gives free ports;
+this module adds what only the bench needs: nchan and the naive app (in their own process groups, so that
+stopping one signals exactly the processes started), and per-process CPU, memory and sockets from /proc.
 
-Everything binds to 127.0.0.1. Servers are started in their own session (process group) so that stopping
-one signals exactly the processes this module started.
+Everything binds to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import processes as support
 from tests.support.processes import ROOT, free_port
 
 BENCH = ROOT / "bench"
@@ -28,11 +31,18 @@ PYTHON = sys.executable
 NOFILE = 30000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-SECRET = "bench-secret-not-for-production-0123456789"
+SECRET = support.SECRET  # random per process: the load generator gets it on its command line
+# The server's settings where the test harness picks test values (a 1 s heartbeat, fast retries).
+PRODUCTION_SETTINGS = {"SSE_PROGRESS_HEARTBEAT": "15", "SSE_PROGRESS_RETRY_MS": "3000", "SSE_PROGRESS_POLL_MS": "2000"}
 
 
 def raise_fd_limit(wanted: int = NOFILE) -> int:
+    """Raise the soft limit on open files to ``wanted`` (and the hard one, when allowed: root); children inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, wanted))
+            hard = wanted
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
@@ -40,17 +50,18 @@ def raise_fd_limit(wanted: int = NOFILE) -> int:
 
 
 def fd_limit_for_children() -> int:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(soft, NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard))
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    support.wait_until(lambda: listens(port), timeout, f"a listener on 127.0.0.1:{port}", interval=0.05)
+
+
+def listens(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
 
 
 def http_get_status(port: int, path: str, timeout: float = 2.0) -> int:
@@ -135,6 +146,22 @@ def _tcp_table() -> list[tuple[int, int, int, int]]:
 ESTABLISHED = 1
 
 
+def tcp_queues(port: int) -> list[tuple[int, int, int, int, int, int]]:
+    """(local port, remote port, state, tx_queue, rx_queue, inode) of each IPv4 TCP socket with ``port`` at an end.
+
+    Inode 0: no process holds the socket any more (an orphan the kernel still sends from)."""
+    rows = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            parts = line.split()
+            lport, rport = int(parts[1].rsplit(":", 1)[1], 16), int(parts[2].rsplit(":", 1)[1], 16)
+            if lport == port or rport == port:
+                tx, rx = parts[4].split(":")
+                rows.append((lport, rport, int(parts[3], 16), int(tx, 16), int(rx, 16), int(parts[9])))
+    return rows
+
+
 def tcp_per_process(pids: list[int], remote_port: int | None = None, local_port: int | None = None) -> dict[int, int]:
     """Established TCP sockets of each process, filtered by remote port (e.g. Redis) or local port (server)."""
     table = _tcp_table()
@@ -160,16 +187,24 @@ class Server:
     name: str
     port: int
     proc: subprocess.Popen[bytes]
-    workdir: Path
+    log: Path
     kind: str  # "sse" | "nchan" | "naive"
     workers: int = 1
-    extra: dict[str, str] = field(default_factory=dict)
+    secret: str = SECRET
+    harness: support.LiveServer | None = None  # sse-progress: the test harness owns the process
 
     @property
     def pids(self) -> list[int]:
         return descendants(self.proc.pid)
 
+    @property
+    def workdir(self) -> Path:
+        return self.log.parent
+
     def stop(self) -> None:
+        if self.harness is not None:
+            self.harness.stop()
+            return
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -207,20 +242,15 @@ def _wait_http(server: Server, path: str, timeout: float = 30.0) -> None:
 
 
 def start_sse_progress(redis_url: str, workers: int = 1, env_extra: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-sse-"))
-    launcher = f"{PYTHON} -m uvicorn"
-    cmd = (
-        f"{launcher} sse_progress.server.app:create_app --factory --loop uvloop --http httptools "
-        f"--host 127.0.0.1 --port {port} --no-access-log --log-level warning --backlog 4096 "
-        f"--timeout-graceful-shutdown 1"
-    )
+    """The server under uvicorn as the README's targets run it (the descriptor limit is inherited: see
+    ``raise_fd_limit``)."""
+    args = ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--backlog", "4096"]
     if workers > 1:
-        cmd += f" --workers {workers}"
-    env = {**os.environ, "REDIS_URL": redis_url, "SSE_PROGRESS_SECRET": SECRET, **(env_extra or {})}
-    proc = _spawn(cmd, env, workdir / "server.log", ROOT)
-    server = Server(f"sse-progress x{workers}", port, proc, workdir, "sse", workers)
-    _wait_http(server, "/healthz")
+        args += ["--workers", str(workers)]
+    live = support.LiveServer(redis_url, env={**PRODUCTION_SETTINGS, **(env_extra or {})}, options=tuple(args))
+    live.start()
+    assert live.process is not None
+    server = Server(f"sse-progress x{workers}", live.port, live.process, live.log, "sse", workers, live.secret, live)
     if workers > 1:  # every worker must be accepting before we measure
         deadline = time.monotonic() + 20
         while len(server.pids) < workers + 1 and time.monotonic() < deadline:
@@ -238,52 +268,28 @@ def start_naive(redis_url: str) -> Server:
     )
     env = {**os.environ, "REDIS_URL": redis_url}
     proc = _spawn(cmd, env, workdir / "server.log", ROOT)
-    server = Server("naive (pubsub per client)", port, proc, workdir, "naive")
+    server = Server("naive (pubsub per client)", port, proc, workdir / "server.log", "naive")
     _wait_http(server, "/healthz")
     return server
 
 
-def start_nchan() -> Server:
+def start_nchan(connections: int = 25000) -> Server:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-nchan-"))
     (workdir / "tmp").mkdir()
     conf = (BENCH / "nchan.conf").read_text().replace("@PORT@", str(port))
+    conf = conf.replace("@CONNECTIONS@", str(connections)).replace("@NOFILE@", str(connections + 5000))
     (workdir / "nginx.conf").write_text(conf)
     cmd = f"{nginx} -p {workdir}/ -e {workdir}/error.log -c {workdir}/nginx.conf"
     proc = _spawn(cmd, dict(os.environ), workdir / "server.log", workdir)
-    server = Server("nchan (nginx, 1 worker)", port, proc, workdir, "nchan")
+    server = Server("nchan (nginx, 1 worker)", port, proc, workdir / "server.log", "nchan")
     _wait_http(server, "/healthz")
     return server
 
 
-@dataclass
-class RedisServer:
-    port: int
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def start_redis() -> RedisServer:
-    port = free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-    cmd = (
-        f"redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no --maxclients 25000 "
-        f"--dir {workdir} --tcp-backlog 4096 --protected-mode yes"
-    )
-    proc = _spawn(cmd, dict(os.environ), workdir / "redis.log", workdir)
-    wait_port(port)
-    return RedisServer(port, proc, workdir)
+def start_redis() -> support.RedisServer:
+    """A private redis-server (no persistence) on a free port: the test harness's."""
+    redis = support.RedisServer()
+    redis.start()
+    return redis

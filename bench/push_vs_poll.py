@@ -35,8 +35,10 @@ if __package__ in (None, ""):  # `python bench/push_vs_poll.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
-from bench.loadgen import Client, Stats, close_all, connect, percentile, session_path
+from bench.clients import Client, Stats, close_all, connect, session_path
+from bench.loadgen import percentile
 from sse_progress.protocol.tokens import Role, TokenAuthority
+from tests.support.processes import RedisServer
 
 RESULTS = procs.BENCH / "results"
 
@@ -179,7 +181,8 @@ async def poll_browser(
 # --------------------------------------------------------------------------------------------------- modes
 
 
-async def run_mode(mode: str, args: argparse.Namespace, redis: procs.RedisServer) -> dict[str, Any]:
+async def run_mode(mode: str, args: argparse.Namespace, redis: RedisServer) -> dict[str, Any]:
+    redis_pid = redis.process.pid if redis.process else 0
     loop = asyncio.get_running_loop()
     server = procs.start_sse_progress(redis.url, workers=1)
     try:
@@ -209,7 +212,7 @@ async def run_mode(mode: str, args: argparse.Namespace, redis: procs.RedisServer
 
             await asyncio.gather(*(open_one(c) for c in clients))
             wire.requests = len(clients)
-        cpu0, rcpu0 = procs.cpu_seconds(server.pids), procs.cpu_seconds([redis.proc.pid])
+        cpu0, rcpu0 = procs.cpu_seconds(server.pids), procs.cpu_seconds([redis_pid])
         start = time.monotonic() + 0.5
         parent.send(start)
         deadline = start + args.seconds + args.period + 5
@@ -229,7 +232,7 @@ async def run_mode(mode: str, args: argparse.Namespace, redis: procs.RedisServer
                 )
             )
         took = time.monotonic() - start
-        cpu1, rcpu1 = procs.cpu_seconds(server.pids), procs.cpu_seconds([redis.proc.pid])
+        cpu1, rcpu1 = procs.cpu_seconds(server.pids), procs.cpu_seconds([redis_pid])
         outcome = await loop.run_in_executor(None, lambda: parent.recv() if parent.poll(30) else None)
         publisher.join(5)
         close_all(clients)

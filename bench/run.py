@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import procs
+from tests.support.processes import RedisServer
 
 RESULTS = procs.BENCH / "results"
 
@@ -53,33 +54,88 @@ FULL: dict[str, dict[str, Any]] = {
         "storm_at": 4,
         "title": "reconnect storm, 5k clients",
     },
+    "e": {
+        "conns": 5000,
+        "sessions": 50,
+        "rate": 20000,
+        "duration": 15,
+        "transport": "ws",
+        "title": "(a) over WebSocket: 5k conns / 50 sessions @ 20k/s",
+    },
+    # 200 clients that never read, on the healthy clients' sessions. At 4 events/s per client (~1.5 KB/s) the
+    # kernel queues and uvloop's 64 KiB take about two minutes to fill before a write to one blocks.
+    "s": {
+        "conns": 5000,
+        "sessions": 50,
+        "rate": 20000,
+        "duration": 180,
+        "stalled": 200,
+        "heartbeat": 5,
+        "title": "slow consumers: 5k healthy @ 20k/s + 200 that never read",
+    },
 }
 QUICK: dict[str, dict[str, Any]] = {
     "a": {"conns": 300, "sessions": 3, "rate": 2000, "duration": 2, "title": "300 conns / 3 sessions @ 2k/s"},
     "b": {"conns": 200, "sessions": 2, "rate": 5000, "duration": 2, "title": "200 conns / 2 sessions @ 5k/s"},
     "c": {"conns": 500, "sessions": 5, "rate": 0, "duration": 0, "title": "500 idle connections"},
     "d": {"conns": 300, "sessions": 3, "rate": 1000, "duration": 3, "storm_at": 1, "title": "storm, 300 clients"},
+    "e": {"conns": 300, "sessions": 3, "rate": 2000, "duration": 2, "transport": "ws", "title": "(a) over WS, 300"},
+    # 30 events/s per client, so that 20 stalled clients fill their buffers within the quick run.
+    "s": {
+        "conns": 150,
+        "sessions": 3,
+        "rate": 4500,
+        "duration": 25,
+        "stalled": 20,
+        "heartbeat": 2,
+        "title": "slow consumers: 150 @ 4.5k/s + 20 that never read",
+    },
 }
+# What each scenario needs of a target; the others are skipped.
+NEEDS_WEBSOCKET = {"e"}
+WITHOUT_WEBSOCKET = {"naive"}
 
 
-def start_target(name: str, redis: procs.RedisServer) -> procs.Server:
+def server_env(spec: dict[str, Any]) -> dict[str, str]:
+    """Server settings a scenario changes (said in the README): the heartbeat, and room for every connection."""
+    env = {}
+    if "heartbeat" in spec:
+        env["SSE_PROGRESS_HEARTBEAT"] = str(spec["heartbeat"])
+    held = spec["conns"] + spec.get("stalled", 0) + 1000
+    if held > 20000:  # SSE_PROGRESS_MAX_CONNECTIONS' default
+        env["SSE_PROGRESS_MAX_CONNECTIONS"] = str(held)
+    return env
+
+
+def start_target(name: str, redis: RedisServer, spec: dict[str, Any]) -> procs.Server:
+    env = server_env(spec)
     if name == "sse1":
-        return procs.start_sse_progress(redis.url, workers=1)
+        return procs.start_sse_progress(redis.url, workers=1, env_extra=env)
     if name == "sse2":
-        return procs.start_sse_progress(redis.url, workers=2)
+        return procs.start_sse_progress(redis.url, workers=2, env_extra=env)
     if name == "sse1-ss":
-        return procs.start_sse_progress(redis.url, workers=1, env_extra={"SSE_PROGRESS_RESPONDER": "sse-starlette"})
+        return procs.start_sse_progress(
+            redis.url, workers=1, env_extra={**env, "SSE_PROGRESS_RESPONDER": "sse-starlette"}
+        )
     if name == "nchan":
-        return procs.start_nchan()
+        return procs.start_nchan(max(25000, spec["conns"] + spec.get("stalled", 0) + 1000))
     if name == "naive":
         return procs.start_naive(redis.url)
     raise ValueError(name)
 
 
 def run_one(
-    name: str, scenario: str, spec: dict[str, Any], redis: procs.RedisServer, quick: bool, profile: bool
+    name: str,
+    scenario: str,
+    spec: dict[str, Any],
+    redis: RedisServer,
+    quick: bool,
+    profile: bool,
+    source_addrs: int = 0,
 ) -> dict[str, Any]:
-    server = start_target(name, redis)
+    if scenario in NEEDS_WEBSOCKET and name in WITHOUT_WEBSOCKET:
+        return {"error": "no WebSocket endpoint"}
+    server = start_target(name, redis, spec)
     out = RESULTS / f".{name}-{scenario}.json.tmp"
     cmd = [
         sys.executable,
@@ -96,7 +152,9 @@ def run_one(
         "--redis-port",
         str(redis.port),
         "--redis-pid",
-        str(redis.proc.pid),
+        str(redis.process.pid if redis.process else 0),
+        "--secret",
+        server.secret,
         "--server-pid",
         str(server.proc.pid),
         "--conns",
@@ -120,6 +178,12 @@ def run_one(
     ]
     if "storm_at" in spec:
         cmd += ["--storm-at", str(spec["storm_at"])]
+    if "transport" in spec:
+        cmd += ["--transport", spec["transport"]]
+    if source_addrs:
+        cmd += ["--source-addrs", str(source_addrs)]
+    if spec.get("stalled"):
+        cmd += ["--stalled", str(spec["stalled"]), "--heartbeat", str(spec["heartbeat"])]
     mark = RESULTS / f".{name}-{scenario}.mark.tmp"
     mark.unlink(missing_ok=True)
     if profile:
@@ -130,7 +194,7 @@ def run_one(
         loadgen = subprocess.Popen(cmd, cwd=procs.ROOT)
         if profile:
             spies = start_profilers(server, name, scenario, spec, mark, loadgen)
-        limit = 360 + spec["duration"] * 2
+        limit = 360 + spec["duration"] * 2 + spec.get("heartbeat", 0) * 2
         try:
             loadgen.wait(limit)
         except subprocess.TimeoutExpired:
@@ -141,7 +205,7 @@ def run_one(
             return {"error": f"loadgen exited with {loadgen.returncode}"}
         result: dict[str, Any] = json.loads(out.read_text())
         out.unlink()
-        result["server_log_errors"] = count_log_errors(server.workdir / "server.log")
+        result["server_log_errors"] = count_log_errors(server.log)
         result["wall_s"] = round(time.monotonic() - began, 1)
         return result
     finally:
@@ -249,11 +313,52 @@ def _per_process(counts: dict[str, int] | None) -> str:
     return f"max {max(counts.values())} (total {sum(values)} / {len(counts)} procs)"
 
 
+def compare_with_a(results: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """WebSocket (e) and slow consumers (s) against the same target's SSE figures of (a) in this run."""
+    for by_scenario in results.values():
+        a = by_scenario.get("a")
+        if not a or "error" in a:
+            continue
+        e, slow = by_scenario.get("e"), by_scenario.get("s")
+        if e and "error" not in e and e.get("server_cpu_us_per_delivery") and a.get("server_cpu_us_per_delivery"):
+            ratio = e["server_cpu_us_per_delivery"] / a["server_cpu_us_per_delivery"]
+            e["vs_a"] = {"server_cpu_us_per_delivery": round(ratio, 3)}
+        if slow and "error" not in slow and a.get("latency_ms", {}).get("p99"):
+            slow["vs_a"] = {"latency_ms": {"p99": round(slow["latency_ms"]["p99"] / a["latency_ms"]["p99"], 3)}}
+
+
 def metric_rows(scenario: str) -> list[tuple[str, str, Any, bool]]:
     """(label, key path, digits, ratio-to-nchan?)"""
+    if scenario == "s":
+        return [
+            ("healthy: deliveries/s achieved", "achieved_delivery_rate", 0, True),
+            ("healthy: latency p50 (ms)", "latency_ms.p50", 1, True),
+            ("healthy: latency p99 (ms)", "latency_ms.p99", 1, True),
+            ("healthy: p99 / p99 of (a), same run", "vs_a.latency_ms.p99", 2, False),
+            ("healthy: latency max (ms)", "latency_ms.max", 1, True),
+            ("healthy: lost / duplicated", "lost_pair", 0, False),
+            ("server CPU µs / delivery", "server_cpu_us_per_delivery", 1, True),
+            ("server RSS peak (MB)", "server_rss_peak_mb", 0, True),
+            ("kernel TCP memory before / peak / cuts done / all closed (MB)", "tcp_mem_quad", 0, False),
+            ("TCP orphans, cuts done / all closed", "orphans_pair", 0, False),
+            ("stalled clients cut / opened", "stalled_pair", 0, False),
+            ("stalled: cut by reset / FIN behind unsent bytes", "stalled_how", 0, False),
+            (
+                "stalled: unsent bytes left in the kernel each (median)",
+                "stalled.orphan_bytes_per_client.median",
+                0,
+                False,
+            ),
+            ("stalled: saw the end while still connected", "stalled.client_saw_the_end", 0, False),
+            ("stalled: seconds from open to cut (min / median / max)", "stalled.seconds_open_to_cut", 1, False),
+            ("stalled: kernel bytes queued each (median)", "stalled.kernel_bytes_queued_per_client.median", 0, False),
+            ("stalled: est. write blocked → cut, max (s)", "stalled.estimated_block_to_cut_s.max", 1, False),
+            ("every stalled client cut within two heartbeats", "stalled_verdict", 0, False),
+        ]
     if scenario == "c":
         return [
             ("connections held", "live_after_settle", 0, False),
+            ("source addresses (127.0.0.x)", "source_addresses", 0, False),
             ("connect time (s)", "connect_seconds", 2, True),
             ("server CPU ms per new connection", "server_cpu_ms_per_connect", 2, True),
             ("RSS per connection (KB)", "rss_per_conn_kb", 1, True),
@@ -277,6 +382,9 @@ def metric_rows(scenario: str) -> list[tuple[str, str, Any, bool]]:
     if scenario == "d":
         rows.insert(0, ("storm: seconds until all live", "storm.seconds_until_all_live", 2, True))
         rows.insert(1, ("storm: reconnected (200)", "storm.reconnected_200", 0, False))
+    if scenario == "e":
+        rows.insert(5, ("µs / delivery: WebSocket / SSE (a), same run", "vs_a.server_cpu_us_per_delivery", 2, False))
+    rows.insert(-3, ("answers deferred (retry later)", "deferred_total", 0, False))
     return rows
 
 
@@ -291,6 +399,29 @@ def lookup(result: dict[str, Any], key: str) -> Any:
         return f"{result.get('lost', 0):,} / {result.get('duplicated', 0):,}"
     if key == "redis_conns_loaded":
         return _per_process(result.get(key))
+    if key == "deferred_total":
+        return sum(result.get("deferred_on_connect", {}).values()) + sum(result.get("deferred", {}).values())
+    if key == "server_rss_peak_mb":
+        return result.get("server_rss_peak_kb", 0) / 1024
+    if key == "tcp_mem_quad":
+        pages = [result.get(f"tcp_mem_pages_{when}", 0) for when in ("before", "peak", "stalled_cut", "after")]
+        return " / ".join(f"{p * procs.PAGE_KB / 1024:.1f}" for p in pages)
+    if key == "orphans_pair":
+        return f"{result.get('tcp_orphans_stalled_cut', 0)} / {result.get('tcp_orphans_after', 0)}"
+    stalled = result.get("stalled") or {}
+    if key == "stalled_pair":
+        return f"{stalled.get('cut', 0)} / {stalled.get('clients', 0)}"
+    if key == "stalled_how":
+        how = stalled.get("cut_by", {})
+        return f"{how.get('reset', 0)} / {how.get('FIN behind unsent bytes', 0)}"
+    if key == "stalled_verdict":
+        if result.get("kind") != "sse":
+            return "– (sse-progress's rule)"
+        verdict = "yes" if stalled.get("every_cut_within_two_heartbeats") else "**no**"
+        return f"{verdict} (heartbeat {stalled.get('heartbeat_s')} s, limit {stalled.get('limit_s')} s)"
+    if key == "stalled.seconds_open_to_cut":
+        spread = stalled.get("seconds_open_to_cut") or {}
+        return " / ".join(f"{spread.get(k, 0):.1f}" for k in ("min", "median", "max")) if spread else None
     value: Any = result
     for part in key.split("."):
         if not isinstance(value, dict):
@@ -378,10 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke version (< 2 minutes)")
     parser.add_argument("--targets", default="sse1,sse2,nchan,naive")
-    parser.add_argument("--scenarios", default="a,b,c,d")
+    parser.add_argument("--scenarios", default="a,b,c,d", help="any of a,b,c,d,e,s (e and s on request)")
     parser.add_argument("--profile", action="store_true", help="py-spy the server of scenario a (sse targets)")
     parser.add_argument("--name", default=None, help="results file stem (default: latest or quick)")
-    for knob in ("conns", "sessions", "rate", "duration"):
+    parser.add_argument(
+        "--source-addrs", type=int, default=0, help="127.0.0.x addresses clients connect from (0: one per 25k)"
+    )
+    for knob in ("conns", "sessions", "rate", "duration", "stalled", "heartbeat"):
         parser.add_argument(f"--{knob}", type=float, default=None, help=f"override {knob} of the chosen scenarios")
     args = parser.parse_args(argv)
     procs.raise_fd_limit()
@@ -389,13 +523,19 @@ def main(argv: list[str] | None = None) -> int:
     specs_all = QUICK if args.quick else FULL
     scenarios = [s for s in args.scenarios.split(",") if s]
     specs = {s: dict(specs_all[s]) for s in scenarios}
-    for knob in ("conns", "sessions", "rate", "duration"):
+    for knob in ("conns", "sessions", "rate", "duration", "stalled", "heartbeat"):
         value = getattr(args, knob)
         if value is not None:
             for spec in specs.values():
-                spec[knob] = value if knob == "duration" else int(value)
-                spec["title"] = f"{spec['title']} [overridden]"
+                if knob in ("stalled", "heartbeat") and "stalled" not in spec:
+                    continue  # only the slow-consumer scenario has stalled clients and a heartbeat of its own
+                spec[knob] = value if knob in ("duration", "heartbeat") else int(value)
+                spec["title"] = spec["title"].removesuffix(" [overridden]") + " [overridden]"
+    if "c" in specs:
+        specs["c"]["title"] = f"{specs['c']['conns']:,} idle connections"
     targets = [t for t in args.targets.split(",") if t]
+    # Inherited by the servers and the load generator: each end holds one descriptor per connection.
+    procs.raise_fd_limit(max(spec["conns"] + spec.get("stalled", 0) for spec in specs.values()) + 5000)
     stem = args.name or ("quick" if args.quick else "latest")
 
     redis = procs.start_redis()
@@ -407,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile = args.profile and target.startswith("sse") and scenario == "a"
                 print(f"[{time.monotonic() - began:6.1f}s] {target} / ({scenario}) {spec['title']} ...", flush=True)
                 try:
-                    result = run_one(target, scenario, spec, redis, args.quick, profile)
+                    result = run_one(target, scenario, spec, redis, args.quick, profile, args.source_addrs)
                 except Exception as error:  # a broken target is a figure, not a crash of the harness
                     result = {"error": f"{type(error).__name__}: {error}"}
                 results.setdefault(target, {})[scenario] = result
@@ -422,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(summary)
     finally:
         redis.stop()
+    compare_with_a(results)
 
     meta = {
         "when": time.strftime("%Y-%m-%d %H:%M:%S %z"),
