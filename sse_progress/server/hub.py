@@ -197,6 +197,7 @@ class Hub:
         self._tick_seconds = min(heartbeat, SHUTDOWN_POLL_SECONDS)
         self._beat_groups: list[set[Listener]] = [set() for _ in range(max(1, round(heartbeat / self._tick_seconds)))]
         self._joined = 0
+        self._listening = 0  # listeners of every session: read at each connect (the connection limit)
         self._sessions: dict[str, set[Listener]] = {}
         self._ready: dict[str, asyncio.Task[None]] = {}
         self._feed: Feed | None = None
@@ -244,6 +245,7 @@ class Hub:
             listeners = self._sessions[session_id] = set()
             self._ready[session_id] = asyncio.ensure_future(self.feed.add(session_id))
         listeners.add(listener)
+        self._listening += 1
         if self.closing:
             listener.shut_down()
         try:
@@ -277,6 +279,7 @@ class Hub:
         if listeners is None or listener not in listeners:
             return
         listeners.discard(listener)
+        self._listening -= 1
         listener.beat_group.discard(listener)
         if not listeners:
             del self._sessions[listener.session_id]
@@ -315,7 +318,7 @@ class Hub:
     def connections(self, session_id: str | None = None) -> int:
         if session_id is not None:
             return len(self._sessions.get(session_id, ()))
-        return sum(len(listeners) for listeners in self._sessions.values())
+        return self._listening
 
     def connections_by_transport(self) -> dict[str, int]:
         counts: dict[str, int] = {}

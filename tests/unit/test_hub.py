@@ -32,3 +32,19 @@ async def test_heartbeats_reach_every_listener_once_per_interval_spread_over_the
     assert max(beats) <= HEARTBEAT + 0.2
     # One burst for everybody would be one instant; spread, they fall on every tick of the interval.
     assert len({round(beat, 1) for beat in beats}) >= 3, sorted(beats)
+
+
+async def test_the_hub_counts_its_listeners_per_session_and_in_all() -> None:
+    hub = Hub(MemoryEngine())
+    await hub.start()
+    try:
+        listeners = [await hub.listen(f"s{n % 3}", "sse") for n in range(7)]
+        assert hub.connections() == 7 and hub.connections("s0") == 3
+        listeners[0].close()
+        listeners[0].close()  # a second release changes nothing
+        assert hub.connections() == 6 and hub.connections("s0") == 2
+        for listener in listeners[1:]:
+            listener.close()
+        assert hub.connections() == 0 and hub.session_ids == []
+    finally:
+        await hub.stop()
