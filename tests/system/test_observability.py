@@ -21,7 +21,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import Publisher, collect_until_end, follow
-from tests.support.processes import ROOT, STARTUP_TIMEOUT, LiveServer, RedisServer, wait_until
+from tests.support.processes import ROOT, STARTUP_TIMEOUT, LiveServer, RedisServer, running, wait_until
 
 TRANSPORTS = ("sse", "ws")
 ISSUE_FAMILIES = {
@@ -282,18 +282,14 @@ class CliServer(LiveServer):
 
 @pytest.fixture(scope="module")
 def text_log_server(redis_url: str) -> Iterator[CliServer]:
-    live = CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "text"})
-    live.start()
-    yield live
-    live.stop()
+    with running(CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "text"})) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
 def json_log_server(redis_url: str) -> Iterator[CliServer]:
-    live = CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "json"})
-    live.start()
-    yield live
-    live.stop()
+    with running(CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "json"})) as live:
+        yield live
 
 
 async def request_with_tokens_in_the_query(server: LiveServer, session_id: str) -> list[str]:
