@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from sse_progress.protocol.tokens import Role
+from tests.support.legacy import BridgeProcess
 from tests.support.processes import LiveServer, RedisClusterNodes, RedisServer, running, session_id_on_shard
 
 
@@ -127,6 +128,13 @@ def legacy_server(legacy_redis: RedisServer) -> Iterator[LiveServer]:
     """A server on ``legacy_redis`` with the older system's routes on (SSE_PROGRESS_LEGACY_ROUTES=1)."""
     with running(LiveServer(legacy_redis.url, env={"SSE_PROGRESS_LEGACY_ROUTES": "1"})) as live:
         yield live
+
+
+@pytest.fixture
+def bridge(legacy_redis: RedisServer) -> Iterator[BridgeProcess]:
+    """``sse-progress bridge`` following ``legacy_redis``."""
+    with running(BridgeProcess(legacy_redis.url)) as process:
+        yield process
 
 
 @pytest.fixture

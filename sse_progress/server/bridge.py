@@ -26,10 +26,7 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from prometheus_client import Gauge
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from sse_progress.config import ConfigError, Settings
@@ -37,7 +34,7 @@ from sse_progress.engines import EngineUnavailable, SessionTerminal
 from sse_progress.engines.redis.cluster_url import is_cluster_url
 from sse_progress.engines.redis.engine import RedisEngine
 from sse_progress.engines.redis.scripts import connection_options
-from sse_progress.engines.redis.subscription import next_message
+from sse_progress.engines.redis.subscription import client_without_retries, next_message
 from sse_progress.exits import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
 from sse_progress.ports import bind_failure
 from sse_progress.protocol.events import InvalidEvent
@@ -98,8 +95,7 @@ class Bridge:
         self.settle = settle
         self.configure_redis = configure_redis
         # No silent reconnect: after a drop the bridge resubscribes and rescans itself (SETs made meanwhile).
-        options = connection_options(url, verify_tls)
-        self._client = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+        self._client = client_without_retries(url, connection_options(url, verify_tls))
         db = self._client.connection_pool.connection_kwargs.get("db", 0)
         self._keyspace_prefix = f"__keyspace@{db}__:"
         self._keyspace_pattern = self._keyspace_prefix + key_pattern

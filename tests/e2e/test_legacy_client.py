@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -106,14 +105,6 @@ OPEN_OLD_PAGE = """
     window.__oldClient = client;
 }
 """
-
-
-@pytest.fixture
-def bridge(legacy_redis: RedisServer) -> Iterator[BridgeProcess]:
-    process = BridgeProcess(legacy_redis.url)
-    process.start()
-    yield process
-    process.stop()
 
 
 def open_old_page(browser: Browser, server: LiveServer, session_id: str, poll_only: bool = False) -> Page:

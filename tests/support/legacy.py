@@ -42,18 +42,9 @@ class OldTracker:
         }
         self.redis_client.setex(f"rpa:progress:{self.session_id}", 86400, json.dumps(data, ensure_ascii=False))
         if self.publish:
-            progress_data = {
-                "type": "progress_update",
-                "session_id": self.session_id,
-                "etapa_atual": etapa,
-                "total_etapas": self.total_etapas,
-                "percentual": percentual,
-                "status": status,
-                "mensagem": mensagem,
-                "dados_extra": dados_extra,
-                "timestamp": datetime.now().isoformat(),
-                "backend": "redis",
-            }
+            # The same fields in the same order, behind a "type", with a timestamp of its own.
+            progress_data = {"type": "progress_update", **data, "timestamp": datetime.now().isoformat()}
+            progress_data["backend"] = "redis"
             channel = f"rpa:session:{self.session_id}"
             self.redis_client.publish(channel, json.dumps(progress_data, ensure_ascii=False))
 

@@ -17,18 +17,10 @@ import redis
 
 from tests.support.clients import Received, collect_until_end, follow, id_key
 from tests.support.legacy import BridgeProcess, OldTracker
-from tests.support.processes import LiveServer, RedisServer, wait_until
+from tests.support.processes import LiveServer, RedisServer, pings, wait_until
 
 STEPS = 15
 STEP_PAUSE = 0.1  # a real bot spends seconds per screen
-
-
-@pytest.fixture
-def bridge(legacy_redis: RedisServer) -> Iterator[BridgeProcess]:
-    process = BridgeProcess(legacy_redis.url)
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture
@@ -178,7 +170,7 @@ class RedisWithoutConfig(RedisServer):
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         connection = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(connection), 30, "the redis-server without CONFIG")
+        wait_until(lambda: pings(connection), 30, "the redis-server without CONFIG")
         connection.close()
 
 
@@ -199,13 +191,6 @@ async def test_where_config_is_refused_the_bridge_says_what_to_set_and_rescans(s
         bridge.stop()
         connection.close()
         locked.stop()
-
-
-def _pings(connection: redis.Redis) -> bool:
-    try:
-        return bool(connection.ping())
-    except redis.RedisError:
-        return False
 
 
 async def test_redis_restarted_the_bridge_reconnects_turns_notifications_on_again_and_rescans(session_id: str) -> None:

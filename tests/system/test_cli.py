@@ -19,18 +19,8 @@ import pytest
 
 from sse_progress.cli import build_parser
 from sse_progress.protocol.tokens import Role, TokenAuthority
+from tests.support.cli import cli_env, lines_until, run_cli, started_cli
 from tests.support.processes import LiveServer, free_port, wait_until
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_") and k != "REDIS_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "sse_progress.cli", *args],
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 def test_serve_without_a_secret_refuses_to_start_and_says_what_to_set() -> None:
@@ -119,19 +109,10 @@ def test_the_redis_password_is_hidden_in_messages() -> None:
 def test_serve_logs_its_engine_and_address_at_startup(redis_url: str) -> None:
     port = free_port()
     secret_url = redis_url.replace("redis://", "redis://default:hunter2@", 1)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port), "--redis-url", secret_url],
-        env={**os.environ, "SSE_PROGRESS_SECRET": "k1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-    finally:
-        process.terminate()
-        process.wait(15)
+    with started_cli(
+        "serve", "--port", str(port), "--redis-url", secret_url, env={"SSE_PROGRESS_SECRET": "k1"}
+    ) as output:
+        first = output.readline()
     expected = secret_url.replace("hunter2", "***")
     assert f"engine: {expected}; listening on http://127.0.0.1:{port}" in first, first
     assert "hunter2" not in first
@@ -139,19 +120,8 @@ def test_serve_logs_its_engine_and_address_at_startup(redis_url: str) -> None:
 
 def test_serve_logs_the_embedded_engine() -> None:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port)],
-        env={**os.environ, "SSE_PROGRESS_SECRET": "k1", "REDIS_URL": ""},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-    finally:
-        process.terminate()
-        process.wait(15)
+    with started_cli("serve", "--port", str(port), env={"SSE_PROGRESS_SECRET": "k1"}) as output:
+        first = output.readline()
     assert f"engine: memory (embedded, this process only); listening on http://127.0.0.1:{port}" in first, first
 
 
@@ -218,21 +188,8 @@ def test_a_port_in_use_exits_69_with_one_line_before_printing_anything(command: 
 
 def test_the_demo_prints_an_ops_url_whose_token_lists_its_session_and_honours_the_secret() -> None:
     port = free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_") and k != "REDIS_URL"}
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "sse_progress.cli", "demo", "--port", str(port), "--session", "demo-ops"],
-        env={**base, "SSE_PROGRESS_SECRET": "k1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert demo.stdout is not None
-        banner: list[str] = []
-        for line in demo.stdout:  # the banner, up to its last line
-            banner.append(line)
-            if "Press Ctrl-C" in line:
-                break
+    with started_cli("demo", "--port", str(port), "--session", "demo-ops", env={"SSE_PROGRESS_SECRET": "k1"}) as output:
+        banner = lines_until(output, "Press Ctrl-C")  # the banner, up to its last line
         printed = next((line for line in banner if "Operator page:" in line), "")
         assert printed, f"no ops URL in the banner: {banner}"
         ops_url = printed.split("Operator page:", 1)[1].strip()
@@ -250,9 +207,6 @@ def test_the_demo_prints_an_ops_url_whose_token_lists_its_session_and_honours_th
         # A token minted from $SSE_PROGRESS_SECRET, as `sse-progress token '*' --observe` makes, works too.
         minted = TokenAuthority(("k1",)).issue("*", Role.OBSERVE, ttl=60)
         assert httpx.get(f"http://127.0.0.1:{port}/sessions", params={"token": minted}, timeout=10).status_code == 200
-    finally:
-        demo.terminate()
-        demo.communicate(timeout=15)
 
 
 def test_other_commands_do_not_care_about_a_malformed_port() -> None:
@@ -336,11 +290,10 @@ def test_watch_help_exits_0_and_lists_the_exit_statuses() -> None:
 
 def _start_demo(*args: str, env: dict[str, str] | None = None, code: str = "") -> subprocess.Popen[str]:
     """``sse-progress demo`` in a subprocess; ``code`` runs first in that interpreter (e.g. to hide a module)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_")}
     program = f"import sys\n{code}\nfrom sse_progress.cli import main\nsys.exit(main({['demo', *args]!r}))"
     return subprocess.Popen(
         [sys.executable, "-c", program],
-        env={**base, **(env or {})},
+        env=cli_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +15,7 @@ import redis
 import websockets
 
 from sse_progress import ProgressTracker
+from tests.support.cli import lines_until, started_cli
 from tests.support.legacy import BridgeProcess
 from tests.support.processes import LiveServer, RedisServer, free_port
 
@@ -63,24 +61,9 @@ def test_one_observe_token_reads_any_session_on_the_old_route(
 
 def test_serve_says_at_startup_that_the_legacy_routes_are_on() -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SSE_PROGRESS_") and k != "REDIS_URL"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sse_progress.cli", "serve", "--port", str(port)],
-        env={**env, "SSE_PROGRESS_SECRET": "k1", "SSE_PROGRESS_LEGACY_ROUTES": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        startup: list[str] = []
-        for line in process.stdout:
-            startup.append(line)
-            if "Application startup complete" in line:
-                break
-    finally:
-        process.terminate()
-        process.wait(15)
+    env = {"SSE_PROGRESS_SECRET": "k1", "SSE_PROGRESS_LEGACY_ROUTES": "1"}
+    with started_cli("serve", "--port", str(port), env=env) as output:
+        startup = lines_until(output, "Application startup complete")
     said = [line for line in startup if "legacy routes on" in line]
     assert said, "".join(startup)
     assert "/api/get_progress.php" in said[0] and "/get_progress" in said[0] and "/session/" in said[0]

@@ -21,7 +21,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.clients import Publisher, collect_until_end, follow
-from tests.support.processes import ROOT, STARTUP_TIMEOUT, LiveServer, RedisServer, wait_until
+from tests.support.processes import ROOT, STARTUP_TIMEOUT, LiveServer, RedisServer, running, wait_until
 
 TRANSPORTS = ("sse", "ws")
 ISSUE_FAMILIES = {
@@ -282,18 +282,14 @@ class CliServer(LiveServer):
 
 @pytest.fixture(scope="module")
 def text_log_server(redis_url: str) -> Iterator[CliServer]:
-    live = CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "text"})
-    live.start()
-    yield live
-    live.stop()
+    with running(CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "text"})) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
 def json_log_server(redis_url: str) -> Iterator[CliServer]:
-    live = CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "json"})
-    live.start()
-    yield live
-    live.stop()
+    with running(CliServer(redis_url, {"SSE_PROGRESS_LOG_FORMAT": "json"})) as live:
+        yield live
 
 
 async def request_with_tokens_in_the_query(server: LiveServer, session_id: str) -> list[str]:
@@ -502,21 +498,25 @@ async def test_event_streams_send_nosniff(server: LiveServer, session_id: str, m
 FORGED_LINE = "2026-11-29 12:00:00,000 ERROR sse_progress.protocol.tokens: admin token leaked"
 
 
+async def open_a_stream(server: CliServer, session_id: str, resume: str) -> None:
+    """Open an SSE stream that resumes after ``resume`` and read its first bytes: its opened line is then logged."""
+    params = {"token": server.token(session_id), "last_event_id": resume}
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        http.stream("GET", f"/sessions/{session_id}/events", params=params) as response,
+    ):
+        assert response.status_code == 200
+        await anext(response.aiter_raw())
+
+
 async def test_a_resume_id_cannot_forge_a_log_line(text_log_server: CliServer, session_id: str) -> None:
     """CR, LF and other control characters taken from a request are escaped: each record stays one line."""
     publisher = Publisher(text_log_server.url, text_log_server.token(session_id, "publish"), session_id)
     await publisher.step(1)
     await publisher.aclose()
-    token = text_log_server.token(session_id)
     resume = f"1-0\n{FORGED_LINE}\r\x1b[2J\u2028{FORGED_LINE}"
-    async with (
-        httpx.AsyncClient(base_url=text_log_server.url, timeout=10) as http,
-        http.stream(
-            "GET", f"/sessions/{session_id}/events", params={"token": token, "last_event_id": resume}
-        ) as response,
-    ):
-        assert response.status_code == 200
-        await anext(response.aiter_raw())
+    await open_a_stream(text_log_server, session_id, resume)
+    token = text_log_server.token(session_id)
     async with follow("ws", text_log_server.url, session_id, token, resume=resume) as follower:
         assert await follower.next() is not None  # a reset frame: the stream is open and its line written
     wait_until(
@@ -551,16 +551,7 @@ async def test_json_log_keeps_one_record_per_line_whatever_the_request_carries(
     json_log_server: CliServer, session_id: str
 ) -> None:
     resume = f"1-0\n{FORGED_LINE}\r\x85\u2028\u2029{FORGED_LINE}"
-    async with (
-        httpx.AsyncClient(base_url=json_log_server.url, timeout=10) as http,
-        http.stream(
-            "GET",
-            f"/sessions/{session_id}/events",
-            params={"token": json_log_server.token(session_id), "last_event_id": resume},
-        ) as response,
-    ):
-        assert response.status_code == 200
-        await anext(response.aiter_raw())
+    await open_a_stream(json_log_server, session_id, resume)
     wait_until(lambda: opened_stream_lines(json_log_server, session_id), 10, "the opened line")
     [opened] = opened_stream_lines(json_log_server, session_id)  # every line parsed as JSON on its own
     assert opened["resume"] == resume

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from tests.support.clients import Publisher
-from tests.support.processes import LiveServer
+from tests.support.processes import LiveServer, running
 
 
 def ws_url(server: LiveServer, session_id: str, token: str) -> str:
@@ -67,9 +67,8 @@ async def test_cors_is_closed_by_default(server: LiveServer) -> None:
 
 
 async def test_cors_allows_configured_origins_with_credentials(redis_url: str, session_id: str) -> None:
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "https://app.example, https://b.example"})
-    live.start()
-    try:
+    cors = {"SSE_PROGRESS_CORS_ORIGINS": "https://app.example, https://b.example"}
+    with running(LiveServer(redis_url, env=cors)) as live:
         async with httpx.AsyncClient() as client:
             preflight = await client.options(
                 f"{live.url}/sessions/{session_id}/events",
@@ -90,14 +89,10 @@ async def test_cors_allows_configured_origins_with_credentials(redis_url: str, s
                 assert stream.status_code == 200
                 assert stream.headers.get("access-control-allow-origin") == (origin if allowed else None)
                 assert stream.headers.get("access-control-allow-credentials") == ("true" if allowed else None)
-    finally:
-        live.stop()
 
 
 async def test_a_wildcard_cors_origin_lets_any_site_read_streams_with_a_token(redis_url: str, session_id: str) -> None:
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "*"})
-    live.start()
-    try:
+    with running(LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "*"})) as live:
         async with httpx.AsyncClient() as client:
             stream = await client.get(
                 f"{live.url}/sessions/{session_id}/events",
@@ -109,8 +104,6 @@ async def test_a_wildcard_cors_origin_lets_any_site_read_streams_with_a_token(re
                 params={"token": live.token(session_id)},
                 headers={"Origin": "https://anywhere.example"},
             )
-    finally:
-        live.stop()
     for response in (stream, snapshot):
         assert response.headers["access-control-allow-origin"] == "https://anywhere.example"
 
@@ -118,9 +111,7 @@ async def test_a_wildcard_cors_origin_lets_any_site_read_streams_with_a_token(re
 async def test_a_websocket_opened_by_another_site_cannot_use_the_cookie(redis_url: str, session_id: str) -> None:
     """Browsers attach cookies to a WebSocket whatever page opens it, and WebSockets know no CORS: a page of
     another site must not read streams with this site's cookie. Its own pages and configured origins may."""
-    live = LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "https://app.example"})
-    live.start()
-    try:
+    with running(LiveServer(redis_url, env={"SSE_PROGRESS_CORS_ORIGINS": "https://app.example"})) as live:
         url = live.url.replace("http://", "ws://") + f"/ws/sessions/{session_id}"
         cookie = {"Cookie": f"sse_progress_token={live.token(session_id)}"}
         own_site = "http://" + live.url.removeprefix("http://")
@@ -136,5 +127,3 @@ async def test_a_websocket_opened_by_another_site_cannot_use_the_cookie(redis_ur
         with_token = f"{url}?token={live.token(session_id)}"
         async with websockets.connect(with_token, origin="https://evil.example") as socket:  # type: ignore[arg-type]
             assert json.loads(await socket.recv())["type"] == "connection_established"
-    finally:
-        live.stop()

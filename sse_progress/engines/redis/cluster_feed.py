@@ -21,14 +21,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from sse_progress.engines.base import Feed, MessageHandler, ResyncHandler
 from sse_progress.engines.redis.cluster_url import node_url
-from sse_progress.engines.redis.subscription import Address, ShardSubscription, backoff
+from sse_progress.engines.redis.subscription import Address, ShardSubscription, backoff, client_without_retries
 
 if TYPE_CHECKING:
     from sse_progress.engines.redis.scripts import RedisKeys
@@ -150,8 +147,6 @@ class RedisClusterFeed(Feed):
         shard = self._shards.get(address)
         if shard is None:
             host, port = address
-            client = aioredis.Redis.from_url(
-                node_url(self._url, host, port), retry=Retry(NoBackoff(), 0), **self._options
-            )
+            client = client_without_retries(node_url(self._url, host, port), self._options)
             shard = self._shards[address] = ShardSubscription(self, client, self._keys, sharded=True, address=address)
         return shard

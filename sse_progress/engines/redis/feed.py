@@ -7,12 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from sse_progress.engines.base import Feed, MessageHandler, ResyncHandler
-from sse_progress.engines.redis.subscription import ShardSubscription
+from sse_progress.engines.redis.subscription import ShardSubscription, client_without_retries
 
 if TYPE_CHECKING:
     from sse_progress.engines.redis.scripts import RedisKeys
@@ -29,8 +25,7 @@ class RedisFeed(Feed):
     ) -> None:
         self.on_message = on_message
         self.on_resync = on_resync
-        client = aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        self._subscription = ShardSubscription(self, client, keys, sharded=False)
+        self._subscription = ShardSubscription(self, client_without_retries(url, options), keys, sharded=False)
 
     @property
     def problem(self) -> str | None:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from sse_progress.engines.base import MessageHandler, ResyncHandler
@@ -40,6 +42,12 @@ DOWN_GRACE_SECONDS = 0.5
 
 Address = tuple[str, int]
 WaiterGroup = list["asyncio.Future[None]"]
+
+
+def client_without_retries(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """A client that redis-py never reconnects or retries on its own: its owner reconnects, resubscribes and
+    re-reads what was published meanwhile, which a silent reconnect would lose."""
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
 
 
 class ShardMoved(Exception):
