@@ -38,7 +38,8 @@ def cap_send_buffer(transport: asyncio.WriteTransport | None, size: int) -> None
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # the client may already be gone
+        # The client may already be gone: uvloop's socket then has no descriptor and raises ValueError.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
@@ -54,7 +55,8 @@ def drop(transport: asyncio.WriteTransport | None) -> bool:
         return False
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):  # the client may already be gone
+        # The client may already be gone: uvloop's socket then has no descriptor and raises ValueError.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     transport.abort()
     return True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import socket
 import subprocess
@@ -384,3 +385,76 @@ async def test_shutdown_aborts_a_write_blocked_on_a_client_that_does_not_read() 
     finally:
         listener.close()
         await hub.stop()
+
+
+def open_streams(server: LiveServer, transport: str = "sse") -> float:
+    prefix = f'sse_progress_open_connections{{transport="{transport}"}} '
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def leave_as_the_stream_opens(server: LiveServer, session_id: str, how: str) -> None:
+    """Send a stream request and go at once: closed (FIN), reset (RST) or half-closed (no more to send)."""
+    client = socket.create_connection(("127.0.0.1", server.port))
+    path = f"/sessions/{session_id}/events?token={server.token(session_id)}"
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    if how == "reset":
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    if how == "half-close":
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(5)
+        with contextlib.suppress(OSError):
+            client.recv(65536)  # the stream's first bytes, or its end
+    client.close()
+
+
+async def test_clients_that_leave_as_their_stream_opens_give_their_slot_back(redis_url: str, session_id: str) -> None:
+    """Each such client was once counted open for good: a handful filled the connection limit until restart."""
+    server = LiveServer(redis_url, env={"SSE_PROGRESS_MAX_CONNECTIONS": "5"})
+    server.start()
+    try:
+        for n in range(30):
+            await asyncio.to_thread(
+                leave_as_the_stream_opens, server, session_id, ("close", "reset", "half-close")[n % 3]
+            )
+        deadline = time.monotonic() + 5
+        while open_streams(server) > 0:
+            assert time.monotonic() < deadline, f"{open_streams(server):.0f} streams still counted open"
+            await asyncio.sleep(0.05)
+        async with Publisher(server.url, server.token(session_id, "publish"), session_id) as publisher:
+            await publisher.step(1)
+        async with httpx.AsyncClient(timeout=10) as client:
+            url = f"{server.url}/sessions/{session_id}/events?token={server.token(session_id)}&last_event_id=0"
+            async with client.stream("GET", url) as response:
+                async for line in response.aiter_lines():
+                    assert "connection limit" not in line
+                    if line.startswith("data:"):
+                        break
+        assert "Exception in ASGI application" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+async def test_a_client_gone_behind_a_pipelined_request_is_let_go_without_an_error(
+    fresh_server: LiveServer, session_id: str
+) -> None:
+    """A request pipelined behind a stream keeps the server from reading the client's close; the next write
+    finds the connection closed, which is the client leaving, not a failure."""
+    server = fresh_server
+    client = socket.create_connection(("127.0.0.1", server.port))
+    stream = f"GET /sessions/{session_id}/events?token={server.token(session_id)} HTTP/1.1\r\nHost: x\r\n\r\n"
+    client.sendall((stream + "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").encode())
+    client.settimeout(5)
+    assert client.recv(65536).startswith(b"HTTP/1.1 200")
+    client.close()
+    async with Publisher(server.url, server.token(session_id, "publish"), session_id) as publisher:
+        deadline = time.monotonic() + 10
+        etapa = 0
+        while open_streams(server) > 0:  # each event is a write that may find the connection gone
+            assert time.monotonic() < deadline, "the stream of the departed client is still counted open"
+            etapa += 1
+            await publisher.step(etapa)
+            await asyncio.sleep(0.2)
+    assert "Exception in ASGI application" not in server.log.read_text()

@@ -144,12 +144,15 @@ class SseResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = self.stream.listener
         listener.task = asyncio.current_task()
-        watcher = asyncio.ensure_future(_notice_departure(receive, listener))
         connection = ConnectionRecord(listener.session_id, "sse", self.resume)
         transport = transport_of(send)
-        cap_send_buffer(transport, self.send_buffer)
         ending = CLIENT_LEFT
+        watcher: asyncio.Future[None] | None = None
+        # Everything after the count is inside the try: a client may be gone already (even before the first
+        # byte), and whatever fails then, the finally must undo the count and release the listener.
         try:
+            watcher = asyncio.ensure_future(_notice_departure(receive, listener))
+            cap_send_buffer(transport, self.send_buffer)
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await _write(send, listener, retry_line(self.retry_ms))
             listener.writer = chunked_writer_of(send, self.buffer_bytes)
@@ -167,8 +170,14 @@ class SseResponse(Response):
             STREAM_ABORTED.set(True)
             ending = TOO_SLOW
             drop(transport)  # reset: uvicorn's close would wait, forever, to flush what the client does not read
+        except (OSError, RuntimeError):
+            # uvicorn's send raises on a transport closed under it (a client that left while a request it
+            # pipelined kept the server from reading its close): the client left, nothing failed.
+            if transport is None or not transport.is_closing():
+                raise
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             listener.task = None
             listener.writer = None
             self.stream.close()

@@ -114,14 +114,14 @@ class WebSocketConnection:
 
     async def run(self) -> None:
         listener = self.stream.listener
-        cap_send_buffer(self.transport, self.service.settings.socket_send_buffer)
-        # Under uvicorn, live frames that find the stream caught up are written by the hub's fan-out itself.
-        listener.writer = websocket_writer_of(self.websocket._receive, self.service.settings.buffer_bytes)
         sender = asyncio.ensure_future(self._deliver())
         receiver = asyncio.ensure_future(self._receive())
         # The hub cancels the sender when it is blocked writing to a client that stopped reading.
         listener.task = sender
         try:
+            cap_send_buffer(self.transport, self.service.settings.socket_send_buffer)
+            # Under uvicorn, live frames that find the stream caught up are written by the hub's fan-out itself.
+            listener.writer = websocket_writer_of(self.websocket._receive, self.service.settings.buffer_bytes)
             await asyncio.wait((sender, receiver), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (sender, receiver):
