@@ -18,6 +18,7 @@ from sse_progress.engines.base import (
     Published,
     SessionTerminal,
     SessionView,
+    answered_within,
 )
 from sse_progress.engines.memory import MemoryEngine
 from sse_progress.engines.redis.cluster_url import is_cluster_url
@@ -34,6 +35,7 @@ __all__ = [
     "Published",
     "SessionTerminal",
     "SessionView",
+    "answered_within",
     "create_engine",
 ]
 

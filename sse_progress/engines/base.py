@@ -10,15 +10,28 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sse_progress.protocol.events import EventDraft, EventId
 from sse_progress.protocol.session_index import SessionIndex
 
 # A readiness probe must answer before the orchestrator's own timeout, even when the store is frozen.
 PING_TIMEOUT_SECONDS = 2.0
+# A read for a request: a frozen store keeps its connections open and answers nothing, and the client library
+# would wait its own timeout (10 s, then a retry) — past a proxy's or a Prometheus scrape's patience.
+READ_TIMEOUT_SECONDS = 3.0
+
+T = TypeVar("T")
+
+
+async def answered_within(work: Awaitable[T], seconds: float = READ_TIMEOUT_SECONDS) -> T:
+    """``work``'s result, or ``EngineUnavailable`` once the store has not answered for ``seconds``."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except TimeoutError as error:
+        raise EngineUnavailable(f"the event store did not answer within {seconds:g} s") from error
 
 
 class SessionTerminal(Exception):
@@ -140,10 +153,7 @@ class Engine(ABC):
 
     async def ping_within(self, seconds: float = PING_TIMEOUT_SECONDS) -> None:
         """``ping``, bounded: a frozen store (connections open, nothing answering) would hold it for minutes."""
-        try:
-            await asyncio.wait_for(self.ping(), seconds)
-        except TimeoutError as error:
-            raise EngineUnavailable(f"the event store did not answer within {seconds:g} s") from error
+        await answered_within(self.ping(), seconds)
 
     async def verify(self) -> None:
         """At startup: raise ``EngineMisconfigured`` if the store is not what the URL says it is."""

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sse_progress.engines import EngineUnavailable
+from sse_progress.engines import EngineUnavailable, answered_within
 from sse_progress.protocol.session_index import STEP_BUCKETS_S
 from sse_progress.server.index_watch import IndexWatch
 from sse_progress.server.metrics import METRICS
 
 FINISHED_STATUSES = ("success", "error", "cancelled")
+INDEX_READ_SECONDS = 1.0
 
 
 class JobMetrics(Collector):
@@ -31,7 +32,8 @@ class JobMetrics(Collector):
     async def refresh(self, watch: IndexWatch) -> None:
         self._running, self._stalled = watch.running, watch.stalled
         try:
-            self._totals = await watch.engine.index.totals()
+            # Briefly: a scrape must answer whatever the store does; stale figures say so below.
+            self._totals = await answered_within(watch.engine.index.totals(), INDEX_READ_SECONDS)
             self._readable = watch.healthy
         except EngineUnavailable:
             self._readable = False  # the last figures stay; the gauge below says they are stale

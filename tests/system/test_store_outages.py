@@ -254,6 +254,33 @@ async def test_with_redis_frozen_a_stream_or_poll_is_told_to_retry_and_readyz_an
         own_redis.process.send_signal(signal.SIGCONT)
 
 
+async def test_with_redis_frozen_metrics_answer_at_once_and_reads_answer_503_within_their_bound(
+    own_redis: RedisServer, live: LiveServer, session_id: str
+) -> None:
+    """A Prometheus scrape times out after 10 s by default: the figures that show the outage must not be lost
+    to it, and a read endpoint must not hold its client for the Redis client's own timeouts."""
+    assert own_redis.process is not None
+    observe, admin = live.token("*", "observe"), live.token("*", "admin")
+    reads = (
+        ("/stats", admin),
+        ("/sessions", observe),
+        ("/ops/figures", observe),
+        (f"/sessions/{session_id}", live.token(session_id)),
+        (f"/sessions/{session_id}/history", live.token(session_id)),
+    )
+    try:
+        own_redis.process.send_signal(signal.SIGSTOP)
+        async with httpx.AsyncClient(timeout=30) as client:
+            scraped, scrape_seconds = await timed_get(client, f"{live.url}/metrics")
+            answers = [(path, *await timed_get(client, live.url + path, token=token)) for path, token in reads]
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    assert scraped.status_code == 200 and scrape_seconds < 2.0, f"/metrics took {scrape_seconds:.1f} s"
+    assert "sse_progress_session_index_readable 0.0" in scraped.text
+    for path, answer, seconds in answers:
+        assert answer.status_code == 503 and seconds < 4.0, f"{path}: {answer.status_code} after {seconds:.1f} s"
+
+
 async def test_sigterm_while_a_stream_waits_on_a_frozen_redis_answers_200_and_retry(
     own_redis: RedisServer, live: LiveServer, session_id: str
 ) -> None:

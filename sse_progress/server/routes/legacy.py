@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from sse_progress.engines import answered_within
 from sse_progress.protocol.errors import ApiError
 from sse_progress.protocol.events import is_valid_session_id
 from sse_progress.protocol.frames import Frame
@@ -56,7 +57,7 @@ async def get_progress(request: Request) -> Response:
     if not is_valid_session_id(session_id):
         raise ApiError(400, INVALID_SESSION)
     service.authorize(request, session_id, Role.SUBSCRIBE)
-    view = await service.engine.read(session_id, None)
+    view = await answered_within(service.engine.read(session_id, None))
     if view.snapshot is None:
         body = orjson.dumps({"success": False, "error": NOT_FOUND})
     else:

@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sse_progress.engines import EngineUnavailable
+from sse_progress.engines import EngineUnavailable, answered_within
 from sse_progress.protocol.tokens import Role
 from sse_progress.server.metrics import METRICS
 from sse_progress.server.routes.sessions import refresh_job_metrics
@@ -143,7 +143,7 @@ async def stats(request: Request) -> Response:
     service = Service.of(request)
     service.authorize(request, "*", Role.ADMIN)
     hub = service.hub
-    figures = await service.engine.stats()
+    figures = await answered_within(service.engine.stats())
     stats = {
         "total_sessions": len(hub.session_ids),
         "total_connections": hub.connections(),

@@ -12,6 +12,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from sse_progress.engines import answered_within
 from sse_progress.protocol.errors import ApiError
 from sse_progress.protocol.frames import HEARTBEAT, retry_line, shutdown_retry_line
 from sse_progress.protocol.session_index import (
@@ -107,7 +108,7 @@ async def sessions(request: Request) -> Response:
     if cursor_text and cursor is None:
         raise ApiError(400, "cursor: send the next_cursor of the previous page unchanged")
     rule = watch_of(request).rule
-    page = await list_sessions(service.engine.index, rule, status, limit, cursor)
+    page = await answered_within(list_sessions(service.engine.index, rule, status, limit, cursor))
     moment = now_ms()
     return _json(
         {
@@ -152,8 +153,8 @@ async def figures(request: Request) -> Response:
     return _json(
         {
             "success": True,
-            "steps": await step_durations(index),
-            "finished": await finished_by_hour(index, hours, now_ms()),
+            "steps": await answered_within(step_durations(index)),
+            "finished": await answered_within(finished_by_hour(index, hours, now_ms())),
             "running": watch.running,
             "stalled": watch.stalled,
             "stall_after_s": watch.rule.floor_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sse_progress.engines import answered_within
 from sse_progress.protocol.errors import ApiError
 from sse_progress.protocol.events import ZERO_ID, parse_event_id
 from sse_progress.protocol.frames import Frame
@@ -53,7 +54,7 @@ async def snapshot(request: Request) -> Response:
     service = Service.of(request)
     session_id = service.session_id(request)
     service.authorize(request, session_id, Role.SUBSCRIBE)
-    view = await service.engine.read(session_id, None)
+    view = await answered_within(service.engine.read(session_id, None))
     if view.snapshot is None:
         raise ApiError(404, NOT_FOUND)
     etag = f'"{Frame.from_envelope(view.snapshot, session_id).id_text}"'
@@ -98,7 +99,7 @@ async def history(request: Request) -> Response:
     after = ZERO_ID if after_text in ("", "earliest", "0") else parse_event_id(after_text)
     if after is None:
         raise ApiError(422, "after: must be an event id such as 1732530000000-0, or 0 for the whole history")
-    view = await service.engine.read(session_id, after)
+    view = await answered_within(service.engine.read(session_id, after))
     if view.snapshot is None:
         raise ApiError(404, NOT_FOUND)
     events = b",".join(view.events)

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from sse_progress.engines import EngineUnavailable
+from sse_progress.engines import EngineUnavailable, answered_within
 from sse_progress.protocol.errors import ApiError, AtConnectionLimit
 from sse_progress.protocol.frames import (
     CONNECTION_LIMIT_RETRY_MS,
@@ -59,8 +59,6 @@ EVENT_STREAM_RAW_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     *[(name.lower().encode(), value.encode()) for name, value in STREAM_HEADERS.items()],
 ]
-# A poll answers well inside a proxy's first-byte timeout even with Redis frozen (it answers "retry" then).
-POLL_READ_TIMEOUT = 3.0
 STREAM_ABORTED: ContextVar[bool] = ContextVar("sse_progress_stream_aborted", default=False)
 
 
@@ -274,11 +272,9 @@ async def _sse_starlette_body(stream: SessionCursor, retry_ms: int, resume: str 
 async def _poll(service: Service, session_id: str, resume: str | None) -> Response:
     try:
         # One page: a longer history comes over the next polls, each asking from the last id it got.
-        replay = await asyncio.wait_for(plan_replay(service.hub.read_page, session_id, resume), POLL_READ_TIMEOUT)
+        replay = await answered_within(plan_replay(service.hub.read_page, session_id, resume))
     except (AlreadyFinished, SessionExpired):
         return Response(status_code=204)
-    except TimeoutError as error:
-        raise EngineUnavailable(f"the event store did not answer within {POLL_READ_TIMEOUT:g} s") from error
     retry_ms = 0 if replay.more else service.settings.poll_ms  # the rest of the history is there already
     body = retry_line(retry_ms) + b"".join([frame.sse for frame in replay.frames])
     if not replay.frames and resume is None:
