@@ -29,6 +29,7 @@ import orjson
 from prometheus_client import Gauge
 from redis.exceptions import RedisError, ResponseError
 
+from sse_progress.cancellation import raise_if_cancelled
 from sse_progress.config import ConfigError, Settings
 from sse_progress.engines import EngineUnavailable, SessionTerminal
 from sse_progress.engines.redis.cluster_url import is_cluster_url
@@ -119,6 +120,7 @@ class Bridge:
             try:
                 await self._follow()
             except (RedisError, OSError, EngineUnavailable) as error:
+                raise_if_cancelled()
                 if self._following:  # it was working: a fresh outage starts with a short wait
                     self._following = False
                     CONNECTED.set(0)
@@ -211,6 +213,7 @@ class Bridge:
             try:
                 await self._scan()
             except (RedisError, OSError, EngineUnavailable) as error:
+                raise_if_cancelled()
                 log.warning("rescan of legacy keys failed (%s); retrying", error)
 
     async def _dispatch(self, message: dict[str, Any]) -> None:

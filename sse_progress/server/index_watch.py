@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from sse_progress.cancellation import raise_if_cancelled
 from sse_progress.engines import Engine, EngineUnavailable
 from sse_progress.protocol.session_index import ACTIVE_SCAN_LIMIT, IndexEntry, StallRule, describe, now_ms
 
@@ -87,10 +88,12 @@ class IndexWatch:
                     log.warning("session index readable again")
                 failure = None
             except EngineUnavailable as error:
+                raise_if_cancelled()
                 if failure != "unavailable":
                     log.warning("session index unreadable, retrying every %gs: %s", self.tick_seconds, error)
                 failure = "unavailable"
             except Exception as error:
+                raise_if_cancelled()
                 if failure != type(error).__name__:
                     log.exception("session index watch failed; retrying")  # a bug: its traceback, once
                 failure = type(error).__name__

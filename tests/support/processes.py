@@ -57,8 +57,17 @@ class ManagedProcess:
             self.process.kill()
         else:
             self.process.terminate()
-        self.process.wait(15)
-        self.process = None
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            # Killed rather than left behind, and said: a process that ignores SIGTERM is a bug to see.
+            self.process.kill()
+            self.process.wait(5)
+            command = " ".join(map(str, self.process.args))
+            raise AssertionError(f"{command} did not exit within 15 s of SIGTERM") from None
+        finally:
+            if self.process.poll() is not None:
+                self.process = None
 
     def restart(self) -> None:
         self.stop()

@@ -56,7 +56,17 @@ def test_a_tracker_survives_bad_server_settings_and_imports_no_server(tmp_path: 
 
 
 # Each part may import the parts of a lower rank only (and itself); cli.py and demo.py sit on top.
-RANKS = {"protocol": 0, "config": 0, "exits": 0, "ports": 0, "engines": 1, "publisher": 2, "follower": 2, "server": 3}
+RANKS = {
+    "protocol": 0,
+    "config": 0,
+    "exits": 0,
+    "ports": 0,
+    "cancellation": 0,
+    "engines": 1,
+    "publisher": 2,
+    "follower": 2,
+    "server": 3,
+}
 TOP = {"cli", "demo", "__init__"}
 PACKAGE = Path(__file__).resolve().parents[2] / "sse_progress"
 

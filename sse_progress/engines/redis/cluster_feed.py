@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from sse_progress.cancellation import raise_if_cancelled
 from sse_progress.engines.base import Feed, MessageHandler, ResyncHandler
 from sse_progress.engines.redis.cluster_url import node_url
 from sse_progress.engines.redis.subscription import Address, ShardSubscription, backoff, client_without_retries
@@ -72,6 +73,7 @@ class RedisClusterFeed(Feed):
                 address = await self._topology.owner(channel)
                 break
             except TOPOLOGY_ERRORS as error:
+                raise_if_cancelled()
                 # The hub gives up after its own timeout; until then, wait for the cluster to answer.
                 failures += 1
                 log.warning("no owner known for session %s (%s); retrying", session_id, error)

@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from sse_progress.cancellation import raise_if_cancelled
 from sse_progress.engines.base import MessageHandler, ResyncHandler
 
 if TYPE_CHECKING:
@@ -225,6 +226,7 @@ class ShardSubscription:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                raise_if_cancelled()
                 self.connected = False
                 self._pubsub = None
                 if self._down_since is None:
