@@ -166,10 +166,11 @@ COMPONENTS: dict[str, Any] = {
         },
         "HistoryResponse": {
             "type": "object",
-            "required": ["success", "truncated", "events"],
+            "required": ["success", "truncated", "more", "events"],
             "properties": {
                 "success": {"const": True},
                 "truncated": {"type": "boolean", "description": "events after `after` were trimmed or expired"},
+                "more": {"type": "boolean", "description": "more events follow: ask again after the last one"},
                 "events": {"type": "array", "items": {"$ref": "#/components/schemas/Envelope"}},
             },
         },

@@ -310,6 +310,26 @@ async def test_polling_a_long_history_answers_page_by_page_and_the_next_poll_con
     assert got == published
 
 
+async def test_the_json_history_answers_page_by_page_and_says_whether_more_follow(
+    replay_server: LiveServer, long_history: tuple[str, list[str]]
+) -> None:
+    server, (session, published) = replay_server, long_history
+    got: list[str] = []
+    after = "0"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(len(published)):
+            response = await client.get(
+                f"{server.url}/sessions/{session}/history", params={"token": server.token(session), "after": after}
+            )
+            assert response.status_code == 200 and len(response.content) < 512 * 1024
+            answer = response.json()
+            got += [event["id"] for event in answer["events"]]
+            if not answer["more"]:
+                break
+            after = got[-1]
+    assert got == published
+
+
 def draft(session_id: str, etapa: int, size: int) -> EventDraft:
     return EventDraft(session_id, etapa, 100, status="running", dados_extra={"pad": "x" * size})  # type: ignore[arg-type]
 

@@ -66,7 +66,7 @@ async def snapshot(request: Request) -> Response:
 
 async def history(request: Request) -> Response:
     """
-    The retained events of a session after an id.
+    The retained events of a session after an id, one page at a time.
     ---
     summary: The session's retained history
     parameters:
@@ -82,7 +82,9 @@ async def history(request: Request) -> Response:
     security: token
     responses:
       "200":
-        description: the events after `after`, oldest first
+        description: >-
+          the events after `after`, oldest first: at most one page (a quarter of SSE_PROGRESS_BUFFER_BYTES and of
+          SSE_PROGRESS_BUFFER_EVENTS, at least one event); `more` says to ask again after the last one
         content:
           application/json:
             schema:
@@ -99,9 +101,12 @@ async def history(request: Request) -> Response:
     after = ZERO_ID if after_text in ("", "earliest", "0") else parse_event_id(after_text)
     if after is None:
         raise ApiError(422, "after: must be an event id such as 1732530000000-0, or 0 for the whole history")
-    view = await answered_within(service.engine.read(session_id, after))
+    # One replay page, as a stream's replay reads it: a long history comes over several calls, each asking
+    # after the last id it got, so one answer holds a bounded amount of memory whatever the history's size.
+    view = await answered_within(service.hub.read_page(session_id, after))
     if view.snapshot is None:
         raise ApiError(404, NOT_FOUND)
     events = b",".join(view.events)
     truncated = b"true" if view.gap and after != ZERO_ID else b"false"
-    return _json(b'{"success":true,"truncated":' + truncated + b',"events":[' + events + b"]}")
+    more = b"true" if view.more else b"false"
+    return _json(b'{"success":true,"truncated":' + truncated + b',"more":' + more + b',"events":[' + events + b"]}")
