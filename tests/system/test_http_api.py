@@ -70,7 +70,7 @@ async def test_history_lists_events_after_an_id(server: LiveServer, client: http
     everything = await client.get(f"/sessions/{session_id}/history", params=token)
     assert everything.json()["events"] == events
     later = await client.get(f"/sessions/{session_id}/history", params={**token, "after": events[0]["id"]})
-    assert later.json() == {"success": True, "truncated": False, "events": events[1:]}
+    assert later.json() == {"success": True, "truncated": False, "more": False, "events": events[1:]}
     bad = await client.get(f"/sessions/{session_id}/history", params={**token, "after": "yesterday"})
     assert bad.status_code == 422 and bad.json()["error"].startswith("after:")
 
