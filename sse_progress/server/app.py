@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,24 @@ async def verify_engine(engine: Engine) -> None:
         log.warning("could not check the event store at startup (%s); /readyz checks it again", error)
 
 
+# Each step of the lifespan's shutdown gets this long: uvicorn bounds the wait for connections, not the
+# lifespan, and a step stuck on a store that does not answer would keep the process alive after SIGTERM.
+SHUTDOWN_STEP_SECONDS = 3.0
+
+
+async def stop_within(*steps: Callable[[], Awaitable[None]]) -> None:
+    """Run each shutdown step in turn; one that does not finish in time is logged and left behind (not awaited:
+    a task that ignores its cancellation would hold up ``wait_for`` as well)."""
+    for step in steps:
+        task = asyncio.ensure_future(step())
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_SECONDS)
+        if not done:
+            task.cancel()
+            log.error("shutdown: %s did not finish within %g s; going on", step.__qualname__, SHUTDOWN_STEP_SECONDS)
+        elif not task.cancelled() and (error := task.exception()) is not None:
+            log.error("shutdown: %s failed; going on", step.__qualname__, exc_info=error)
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     engine = engine or create_engine(settings)
@@ -183,9 +202,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         try:
             yield
         finally:
-            await index_watch.stop()
-            await hub.stop()
-            await engine.close()
+            await stop_within(index_watch.stop, hub.stop, engine.close)
 
     middleware = [Middleware(ResponseHeaders, cors_origins=settings.cors_origins)]
 
