@@ -34,13 +34,16 @@ def transport_of(send: Any) -> asyncio.WriteTransport | None:
 
 def cap_send_buffer(transport: asyncio.WriteTransport | None, size: int) -> None:
     """Limit the kernel's send queue for this socket to about ``size`` bytes (Linux doubles it; 0: no cap)."""
-    if transport is None or size <= 0:
-        return
+    if transport is not None and size > 0:
+        _set_socket_option(transport, socket.SO_SNDBUF, size)
+
+
+def _set_socket_option(transport: asyncio.WriteTransport, option: int, value: int | bytes) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None:
         # The client may already be gone: uvloop's socket then has no descriptor and raises ValueError.
         with contextlib.suppress(OSError, ValueError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
 
 
 # SO_LINGER on with a zero timeout: closing the socket sends RST and frees its send queue at once. Without it
@@ -53,11 +56,7 @@ def drop(transport: asyncio.WriteTransport | None) -> bool:
     no transport to reset."""
     if transport is None:
         return False
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # The client may already be gone: uvloop's socket then has no descriptor and raises ValueError.
-        with contextlib.suppress(OSError, ValueError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    _set_socket_option(transport, socket.SO_LINGER, _RESET_ON_CLOSE)
     transport.abort()
     return True
 
